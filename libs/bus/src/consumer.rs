@@ -1,0 +1,270 @@
+//! The consumer runner: a durable pull consumer with explicit acks, driving a [`Handler`].
+//!
+//! Contract with handlers: `Ok(())` means the effect (and its dedupe record) has committed, and
+//! only then is the message acknowledged. A crash before the ack means redelivery, so handlers
+//! must be idempotent on [`Delivery::event_id`]. `Transient` failures are retried later with
+//! capped exponential backoff and jitter; `Permanent` ones are terminated (and logged loudly).
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::AckKind;
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use futures::StreamExt;
+use keel_tenancy::{NATS_TENANT_HEADER, TenantId};
+use opentelemetry::trace::TraceContextExt;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::{Bus, BusError, EVENT_TYPE_HEADER, SCHEMA_VERSION_HEADER};
+
+/// Redeliver when a handler has not acked within this time (the handler may extend it with
+/// in-progress acks for long work).
+pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
+/// Messages handed out but not yet acked: the backpressure bound on one consumer.
+pub const DEFAULT_MAX_ACK_PENDING: i64 = 256;
+/// Deliveries before the server stops redelivering.
+pub const DEFAULT_MAX_DELIVER: i64 = 10;
+/// Backoff for transient failures: the first retry after about this long...
+const BACKOFF_BASE: Duration = Duration::from_millis(200);
+/// ...doubling up to this cap.
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// Pause before re-subscribing after the message stream failed (server restart, network).
+const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    /// Durable name: the consumer's position survives restarts of this process.
+    pub durable: String,
+    pub filter_subject: String,
+    pub ack_wait: Duration,
+    pub max_ack_pending: i64,
+    pub max_deliver: i64,
+}
+
+impl ConsumerSpec {
+    pub fn new(durable: impl Into<String>, filter_subject: impl Into<String>) -> Self {
+        ConsumerSpec {
+            durable: durable.into(),
+            filter_subject: filter_subject.into(),
+            ack_wait: DEFAULT_ACK_WAIT,
+            max_ack_pending: DEFAULT_MAX_ACK_PENDING,
+            max_deliver: DEFAULT_MAX_DELIVER,
+        }
+    }
+}
+
+/// One received message, decoded from its headers.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub subject: String,
+    /// `Nats-Msg-Id`: the dedupe key.
+    pub event_id: Option<String>,
+    pub tenant: Option<TenantId>,
+    pub event_type: Option<String>,
+    pub schema_version: Option<String>,
+    pub payload: bytes::Bytes,
+    /// 1 on first delivery.
+    pub delivered: i64,
+    pub stream_sequence: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Worth retrying later (a dependency is down).
+    #[error("transient: {0}")]
+    Transient(String),
+    /// Will never succeed (undecodable, unknown schema).
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, delivery: &Delivery) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// Runs until `shutdown` fires. Between messages it checks for shutdown, so the message in hand
+/// is finished and acknowledged before returning.
+pub async fn run_consumer<H: Handler>(
+    bus: &Bus,
+    spec: ConsumerSpec,
+    handler: H,
+    shutdown: CancellationToken,
+) -> Result<(), BusError> {
+    while !shutdown.is_cancelled() {
+        let consumer = match declare(bus, &spec).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(consumer = %spec.durable, error = %e, "consumer not declared yet, retrying");
+                sleep_or_cancel(RESUBSCRIBE_DELAY * 2, &shutdown).await;
+                continue;
+            }
+        };
+        let mut messages = match consumer.messages().await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(consumer = %spec.durable, error = %e, "subscribe failed, retrying");
+                sleep_or_cancel(RESUBSCRIBE_DELAY, &shutdown).await;
+                continue;
+            }
+        };
+        tracing::info!(consumer = %spec.durable, filter = %spec.filter_subject, "consumer running");
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(msg)) => process(&spec, &handler, msg).await,
+                Some(Err(e)) => {
+                    tracing::warn!(consumer = %spec.durable, error = %e, "message stream error");
+                    // Heartbeat misses and similar are reported but the stream continues.
+                    continue;
+                }
+                None => {
+                    tracing::warn!(consumer = %spec.durable, "message stream ended, re-subscribing");
+                    sleep_or_cancel(RESUBSCRIBE_DELAY, &shutdown).await;
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(d) => {}
+    }
+}
+
+async fn declare(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+) -> Result<async_nats::jetstream::consumer::Consumer<pull::Config>, BusError> {
+    let stream = bus.ensure_stream().await?;
+    stream
+        .get_or_create_consumer(
+            &spec.durable,
+            pull::Config {
+                durable_name: Some(spec.durable.clone()),
+                filter_subject: spec.filter_subject.clone(),
+                ack_policy: AckPolicy::Explicit,
+                deliver_policy: DeliverPolicy::All,
+                ack_wait: spec.ack_wait,
+                max_ack_pending: spec.max_ack_pending,
+                max_deliver: spec.max_deliver,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| BusError::Unavailable(e.to_string()))
+}
+
+fn header(msg: &async_nats::jetstream::Message, name: &str) -> Option<String> {
+    msg.headers
+        .as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.as_str().to_owned())
+}
+
+/// Capped exponential backoff with equal jitter: half fixed, half random.
+pub fn backoff(delivered: i64) -> Duration {
+    let exp = u32::try_from(delivered.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
+    let full = BACKOFF_BASE.saturating_mul(1u32 << exp).min(BACKOFF_CAP);
+    let half = full / 2;
+    half + half.mul_f64(fastrand::f64())
+}
+
+async fn process<H: Handler>(spec: &ConsumerSpec, handler: &H, msg: async_nats::jetstream::Message) {
+    let (delivered, stream_sequence) = msg
+        .info()
+        .map(|i| (i.delivered, i.stream_sequence))
+        .unwrap_or((1, 0));
+    let tenant_raw = header(&msg, NATS_TENANT_HEADER);
+    let delivery = Delivery {
+        subject: msg.subject.to_string(),
+        event_id: header(&msg, "Nats-Msg-Id"),
+        tenant: tenant_raw.as_deref().and_then(|t| TenantId::parse(t).ok()),
+        event_type: header(&msg, EVENT_TYPE_HEADER),
+        schema_version: header(&msg, SCHEMA_VERSION_HEADER),
+        payload: msg.payload.clone(),
+        delivered,
+        stream_sequence,
+    };
+    let parent = msg
+        .headers
+        .as_ref()
+        .map(keel_telemetry::propagation::extract_nats)
+        .unwrap_or_default();
+    let producer = parent.span().span_context().clone();
+    let span = tracing::info_span!(
+        "nats.process",
+        otel.name = %format!("process {}", spec.durable),
+        otel.kind = "consumer",
+        messaging.system = "nats",
+        messaging.operation.type = "process",
+        messaging.destination.name = %delivery.subject,
+        messaging.consumer.group.name = %spec.durable,
+        messaging.message.id = delivery.event_id.as_deref().unwrap_or(""),
+        messaging.delivery_count = delivered,
+        tenant.id = tracing::field::Empty,
+        correlation_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    let correlation = delivery.event_id.clone().unwrap_or_default();
+    keel_telemetry::adopt(&span, parent, delivery.tenant.as_ref().map(TenantId::as_str), &correlation);
+    if producer.is_valid() {
+        span.add_link(producer);
+    }
+    let started = Instant::now();
+    let result = handler.handle(&delivery).instrument(span.clone()).await;
+    let outcome = match &result {
+        Ok(()) => match msg.double_ack().await {
+            Ok(()) => "acked",
+            Err(e) => {
+                // The effect committed; a redelivery will be recognised as a duplicate.
+                tracing::warn!(parent: &span, error = %e, "ack not confirmed");
+                "ack_unconfirmed"
+            }
+        },
+        Err(HandlerError::Transient(e)) => {
+            let delay = backoff(delivered);
+            tracing::warn!(parent: &span, error = %e, delivered, retry_in_ms = delay.as_millis() as u64, "transient failure, will retry");
+            if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
+                tracing::warn!(parent: &span, error = %e, "nak failed; redelivery after ack_wait");
+            }
+            "retried"
+        }
+        Err(HandlerError::Permanent(e)) => {
+            tracing::error!(parent: &span, error = %e, delivered, stream_sequence, "permanent failure, terminating message");
+            if let Err(e) = msg.ack_with(AckKind::Term).await {
+                tracing::warn!(parent: &span, error = %e, "term failed");
+            }
+            "terminated"
+        }
+    };
+    metrics::counter!("keel_consumer_messages_total", "consumer" => spec.durable.clone(), "outcome" => outcome).increment(1);
+    metrics::histogram!("keel_consumer_duration_seconds", "consumer" => spec.durable.clone())
+        .record(started.elapsed().as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for d in 1..40 {
+            let b = backoff(d);
+            let exp = u32::try_from((d - 1).clamp(0, 16)).unwrap();
+            let full = BACKOFF_BASE.saturating_mul(1 << exp).min(BACKOFF_CAP);
+            assert!(b >= full / 2 && b <= full, "delivered={d} backoff={b:?}");
+        }
+        assert!(backoff(100) <= BACKOFF_CAP);
+        assert!(backoff(-5) <= BACKOFF_BASE);
+    }
+}

@@ -1,0 +1,1 @@
+//! What every keel server shares: admin HTTP, gRPC health and reflection, request layers, shutdown

@@ -1,0 +1,1 @@
+//! keel inference service

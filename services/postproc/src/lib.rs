@@ -1,0 +1,1 @@
+//! keel postproc service
