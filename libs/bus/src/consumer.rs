@@ -179,7 +179,11 @@ pub fn backoff(delivered: i64) -> Duration {
     half + half.mul_f64(fastrand::f64())
 }
 
-async fn process<H: Handler>(spec: &ConsumerSpec, handler: &H, msg: async_nats::jetstream::Message) {
+async fn process<H: Handler>(
+    spec: &ConsumerSpec,
+    handler: &H,
+    msg: async_nats::jetstream::Message,
+) {
     let (delivered, stream_sequence) = msg
         .info()
         .map(|i| (i.delivered, i.stream_sequence))
@@ -216,7 +220,12 @@ async fn process<H: Handler>(spec: &ConsumerSpec, handler: &H, msg: async_nats::
         trace_id = tracing::field::Empty,
     );
     let correlation = delivery.event_id.clone().unwrap_or_default();
-    keel_telemetry::adopt(&span, parent, delivery.tenant.as_ref().map(TenantId::as_str), &correlation);
+    keel_telemetry::adopt(
+        &span,
+        parent,
+        delivery.tenant.as_ref().map(TenantId::as_str),
+        &correlation,
+    );
     if producer.is_valid() {
         span.add_link(producer);
     }

@@ -15,8 +15,8 @@ pub mod consumer;
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, stream};
 use async_nats::HeaderMap;
+use async_nats::jetstream::{self, stream};
 use keel_config::{ConfigError, Env};
 use keel_errors::{KeelError, Reason};
 use keel_tenancy::{NATS_TENANT_HEADER, TenantId};
@@ -182,7 +182,10 @@ impl Bus {
         headers.insert("Nats-Msg-Id", ev.id.as_str());
         headers.insert(NATS_TENANT_HEADER, ev.tenant.as_str());
         headers.insert(EVENT_TYPE_HEADER, ev.event_type.as_str());
-        headers.insert(SCHEMA_VERSION_HEADER, ev.schema_version.to_string().as_str());
+        headers.insert(
+            SCHEMA_VERSION_HEADER,
+            ev.schema_version.to_string().as_str(),
+        );
         let cx = keel_telemetry::propagation::from_traceparent(ev.traceparent.as_deref());
         keel_telemetry::propagation::inject_nats(&cx, &mut headers);
         let subject = self.subject(&ev.tenant, &ev.kind);
@@ -231,7 +234,9 @@ mod tests {
         let cfg = BusConfig::from_env(&base).unwrap();
         assert_eq!(cfg.stream, "KEEL_EVENTS");
         assert_eq!(cfg.subject_prefix, "keel");
-        assert!(BusConfig::from_env(&base.clone().with("KEEL_NATS_SUBJECT_PREFIX", "a.b")).is_err());
+        assert!(
+            BusConfig::from_env(&base.clone().with("KEEL_NATS_SUBJECT_PREFIX", "a.b")).is_err()
+        );
         assert!(BusConfig::from_env(&base.clone().with("KEEL_NATS_STREAM", "x y")).is_err());
         assert!(BusConfig::from_env(&Env::from_pairs([("KEEL_NATS_URL", "http://x")])).is_err());
     }

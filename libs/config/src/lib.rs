@@ -201,7 +201,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => return Err(format!("{s:?} has unknown unit {unit:?} (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "{s:?} has unknown unit {unit:?} (use ms, s, m or h)"
+            ));
+        }
     };
     Ok(d)
 }
@@ -235,7 +239,10 @@ mod tests {
         let err = env
             .addr("KEEL_X_ADDR", SocketAddr::from(([127, 0, 0, 1], 1)))
             .unwrap_err();
-        assert!(err.to_string().starts_with("KEEL_X_ADDR=\"nowhere\""), "{err}");
+        assert!(
+            err.to_string().starts_with("KEEL_X_ADDR=\"nowhere\""),
+            "{err}"
+        );
         assert_eq!(
             env.required::<u32>("KEEL_MISSING").unwrap_err(),
             ConfigError::Missing {

@@ -125,7 +125,10 @@ impl Reason {
 
     /// Whether a client may retry an idempotent call that failed with this reason.
     pub const fn retryable(self) -> bool {
-        matches!(self, Reason::Unavailable | Reason::DeadlineExceeded | Reason::RateLimited)
+        matches!(
+            self,
+            Reason::Unavailable | Reason::DeadlineExceeded | Reason::RateLimited
+        )
     }
 }
 
@@ -233,9 +236,15 @@ pub fn forward(st: Status) -> Status {
 
 /// Detail keys that may cross a hop (ErrorInfo metadata keys are `&'static str` on our side).
 fn known_detail_key(k: &str) -> Option<&'static str> {
-    ["field", "resource", "tenant_id", "retry_after_ms", "dependency"]
-        .into_iter()
-        .find(|known| *known == k)
+    [
+        "field",
+        "resource",
+        "tenant_id",
+        "retry_after_ms",
+        "dependency",
+    ]
+    .into_iter()
+    .find(|known| *known == k)
 }
 
 #[cfg(test)]
@@ -261,7 +270,8 @@ mod tests {
             let fwd = forward(st);
             assert_eq!(reason_of(&fwd), r);
             assert_eq!(
-                fwd.get_details_error_info().map(|i| i.metadata.get("field").cloned()),
+                fwd.get_details_error_info()
+                    .map(|i| i.metadata.get("field").cloned()),
                 Some(Some("title".to_owned()))
             );
         }

@@ -7,7 +7,8 @@
 #![allow(clippy::all, clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 /// Encoded `google.protobuf.FileDescriptorSet` of every keel package, for reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/keel_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/keel_descriptor.bin"));
 
 pub mod keel {
     pub mod v1 {

@@ -141,14 +141,15 @@ pub struct Shards {
     map: ShardMap,
     pools: Vec<PgPool>,
     schema: &'static str,
+    migrated: std::sync::Arc<tokio::sync::OnceCell<()>>,
 }
 
 impl Shards {
     /// Creates the pools without connecting (connections open on first use).
     pub fn connect_lazy(cfg: &StoreConfig, schema: &'static str) -> Result<Self, StoreError> {
-        let map = cfg.shard_map().map_err(|e| {
-            StoreError::Url(sqlx::Error::Configuration(e.to_string().into()))
-        })?;
+        let map = cfg
+            .shard_map()
+            .map_err(|e| StoreError::Url(sqlx::Error::Configuration(e.to_string().into())))?;
         let statement_timeout = format!("{}", cfg.statement_timeout.as_millis());
         let pools = cfg
             .urls
@@ -165,7 +166,12 @@ impl Shards {
                     .connect_lazy_with(opts))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(Shards { map, pools, schema })
+        Ok(Shards {
+            map,
+            pools,
+            schema,
+            migrated: Default::default(),
+        })
     }
 
     /// Creates the service's schema and applies its migrations on every shard. Safe to run from
@@ -185,6 +191,20 @@ impl Shards {
         Ok(())
     }
 
+    /// The readiness check of a service that owns a schema: applies its migrations the first
+    /// time every shard answers, then pings every shard.
+    pub async fn ready(&self, migrator: &'static Migrator) -> Result<(), StoreError> {
+        self.migrated
+            .get_or_try_init(|| self.migrate(migrator))
+            .await?;
+        self.ping().await
+    }
+
+    /// Whether [`Shards::ready`] has applied the migrations (work that needs the schema waits).
+    pub fn is_migrated(&self) -> bool {
+        self.migrated.get().is_some()
+    }
+
     pub fn map(&self) -> &ShardMap {
         &self.map
     }
@@ -201,7 +221,10 @@ impl Shards {
 
     /// Begins a transaction on the tenant's shard with `keel.tenant_id` set for its duration
     /// (for row-level security policies and for audit triggers).
-    pub async fn begin(&self, tenant: &TenantId) -> Result<Transaction<'static, Postgres>, StoreError> {
+    pub async fn begin(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Transaction<'static, Postgres>, StoreError> {
         let mut tx = self.pool(tenant).begin().await?;
         sqlx::query("SELECT set_config('keel.tenant_id', $1, true)")
             .bind(tenant.as_str())
@@ -241,7 +264,10 @@ mod tests {
             assert!(StoreConfig::from_env(&env).is_err(), "{bad}");
         }
         let env = Env::from_pairs([
-            ("KEEL_DATABASE_URLS", "postgres://a/b,postgres://c/d,postgres://e/f"),
+            (
+                "KEEL_DATABASE_URLS",
+                "postgres://a/b,postgres://c/d,postgres://e/f",
+            ),
             ("KEEL_LOGICAL_SHARDS", "2"),
         ]);
         assert!(StoreConfig::from_env(&env).is_err());

@@ -137,10 +137,7 @@ where
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let meta = event.metadata();
         let mut obj = Map::new();
-        obj.insert(
-            "timestamp".into(),
-            Value::from(chrono_like_now()),
-        );
+        obj.insert("timestamp".into(), Value::from(chrono_like_now()));
         obj.insert("level".into(), Value::from(meta.level().as_str()));
         obj.insert("target".into(), Value::from(meta.target()));
         let mut fields = Map::new();

@@ -141,8 +141,19 @@ mod tests {
         inject_map(&sample(), &mut map);
         let tp = map.get("traceparent").cloned();
         assert_eq!(ids(&from_traceparent(tp.as_deref())), ids(&sample()));
-        for junk in ["", "00-zz-yy-01", "not a header", "00-00000000000000000000000000000000-00f067aa0ba902b7-01"] {
-            assert!(!from_traceparent(Some(junk)).span().span_context().is_valid(), "{junk}");
+        for junk in [
+            "",
+            "00-zz-yy-01",
+            "not a header",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        ] {
+            assert!(
+                !from_traceparent(Some(junk))
+                    .span()
+                    .span_context()
+                    .is_valid(),
+                "{junk}"
+            );
         }
         assert!(!from_traceparent(None).span().span_context().is_valid());
     }

@@ -1,1 +1,127 @@
-//! keel gateway service
+//! The gateway: keel's only public entry. It admits every call through one gate (route table,
+//! credentials, tenant, scope), then serves the public `keel.v1` API by calling the internal
+//! services on behalf of the caller's tenant.
+//!
+//! * [`Config`] / [`Application`] — listeners, upstream channels, readiness on auth and inference.
+//! * [`routes`] — the route table; [`gate`] — admission; [`grpc`] — the public services.
+
+pub mod gate;
+pub mod grpc;
+pub mod routes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_config::{ConfigError, Env};
+use keel_runtime::health::grpc_serving;
+use keel_runtime::{Host, HostConfig, HostSpec, Tasks};
+use tonic::transport::{Channel, Endpoint};
+
+/// Default ports: gRPC 50051, admin 9091 (HTTP 8080 is reserved for the OpenAI-compatible surface).
+pub const DEFAULT_GRPC_PORT: u16 = 50051;
+pub const DEFAULT_ADMIN_PORT: u16 = 9091;
+/// Upstream deadline when the client sets none (or a longer one): CRUD must answer well inside
+/// the 300 ms p95 objective, so 5 s only bounds the pathological case.
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connect timeout to internal services: they are on the same network; longer means down.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub host: HostConfig,
+    pub auth_url: String,
+    pub inference_url: String,
+    pub dev_tokens: bool,
+    pub upstream_timeout: Duration,
+}
+
+impl Config {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Ok(Config {
+            host: HostConfig::from_env(env, "KEEL_GATEWAY", DEFAULT_GRPC_PORT, DEFAULT_ADMIN_PORT)?,
+            auth_url: env.url("KEEL_AUTH_URL", &["http", "https"])?,
+            inference_url: env.url("KEEL_INFERENCE_URL", &["http", "https"])?,
+            dev_tokens: env.bool("KEEL_GATEWAY_DEV_TOKENS", false)?,
+            upstream_timeout: env
+                .duration("KEEL_GATEWAY_UPSTREAM_TIMEOUT", DEFAULT_UPSTREAM_TIMEOUT)?,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Runtime(#[from] keel_runtime::RuntimeError),
+    #[error("upstream URL {url} is invalid: {source}")]
+    Upstream {
+        url: String,
+        source: tonic::transport::Error,
+    },
+}
+
+fn channel(url: &str) -> Result<Channel, StartError> {
+    Ok(Endpoint::from_shared(url.to_owned())
+        .map_err(|source| StartError::Upstream {
+            url: url.to_owned(),
+            source,
+        })?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+pub struct Application {
+    host: Host,
+}
+
+impl Application {
+    pub async fn build(cfg: Config) -> Result<Self, StartError> {
+        if cfg.dev_tokens {
+            tracing::warn!(
+                "development tokens are accepted (KEEL_GATEWAY_DEV_TOKENS=true); never in production"
+            );
+        }
+        let auth = channel(&cfg.auth_url)?;
+        let inference = channel(&cfg.inference_url)?;
+        let routes = tonic::service::Routes::new(
+            keel_proto::public::document_service_server::DocumentServiceServer::new(
+                grpc::DocumentGateway::new(inference.clone(), cfg.upstream_timeout),
+            ),
+        );
+        let host = Host::start(
+            &cfg.host,
+            HostSpec {
+                name: "gateway",
+                grpc_services: vec!["keel.v1.DocumentService"],
+                routes,
+                checks: vec![
+                    grpc_serving("auth", auth.clone()),
+                    grpc_serving("inference", inference),
+                ],
+                trust_tenant_header: false,
+                gate: Some(Arc::new(gate::AuthGate::new(cfg.dev_tokens, auth))),
+            },
+            Tasks::new(),
+        )
+        .await?;
+        Ok(Application { host })
+    }
+
+    pub fn grpc_addr(&self) -> std::net::SocketAddr {
+        self.host.grpc_addr()
+    }
+
+    pub fn admin_addr(&self) -> std::net::SocketAddr {
+        self.host.admin_addr()
+    }
+
+    pub async fn shutdown(self) {
+        self.host.shutdown().await;
+    }
+}
+
+impl keel_runtime::process::Service for Application {
+    async fn shutdown(self) {
+        Application::shutdown(self).await
+    }
+}

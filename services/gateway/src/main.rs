@@ -1,1 +1,12 @@
-fn main() {}
+//! `keel-gateway`: reads configuration, starts the service, stops on SIGTERM or Ctrl-C.
+
+use keel_runtime::process::{StartFailure, run};
+
+fn main() -> std::process::ExitCode {
+    run("keel-gateway", |env| async move {
+        let cfg = keel_gateway::Config::from_env(&env)?;
+        keel_gateway::Application::build(cfg)
+            .await
+            .map_err(StartFailure::other)
+    })
+}

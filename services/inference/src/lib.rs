@@ -1,1 +1,171 @@
-//! keel inference service
+//! The inference service: keel's AI data plane. Today it owns tenants' documents (CRUD on the
+//! tenant's shard) and the transactional outbox that announces every change on JetStream;
+//! models, providers and the cache build on the same skeleton.
+//!
+//! * [`Config`] — typed configuration from an injected environment.
+//! * [`Application`] — binds, serves `keel.inference.v1.DocumentStore`, runs the outbox relay.
+//! * [`documents`] — domain and storage; [`outbox`] — outbox writes and relay; [`grpc`] — the edge.
+
+pub mod documents;
+pub mod error;
+pub mod grpc;
+pub mod outbox;
+
+use std::time::Duration;
+
+use keel_bus::{Bus, BusConfig};
+use keel_config::{ConfigError, Env};
+use keel_runtime::{Check, Host, HostConfig, HostSpec, Tasks};
+use keel_store::{Shards, StoreConfig};
+
+pub use error::Error;
+
+/// Default ports (README's table): gRPC 50053, admin 9093.
+pub const DEFAULT_GRPC_PORT: u16 = 50053;
+pub const DEFAULT_ADMIN_PORT: u16 = 9093;
+/// Postgres schema owned by this service on every shard.
+pub const SCHEMA: &str = "inference";
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub host: HostConfig,
+    pub store: StoreConfig,
+    pub bus: BusConfig,
+    pub redis_url: String,
+    pub relay: outbox::RelayConfig,
+}
+
+impl Config {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Ok(Config {
+            host: HostConfig::from_env(
+                env,
+                "KEEL_INFERENCE",
+                DEFAULT_GRPC_PORT,
+                DEFAULT_ADMIN_PORT,
+            )?,
+            store: StoreConfig::from_env(env)?,
+            bus: BusConfig::from_env(env)?,
+            redis_url: env.url("KEEL_REDIS_URL", &["redis", "rediss"])?,
+            relay: outbox::RelayConfig {
+                batch: env.or("KEEL_OUTBOX_BATCH", outbox::DEFAULT_RELAY_BATCH)?,
+                interval: env.duration("KEEL_OUTBOX_INTERVAL", outbox::DEFAULT_RELAY_INTERVAL)?,
+            },
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Runtime(#[from] keel_runtime::RuntimeError),
+    #[error(transparent)]
+    Store(#[from] keel_store::StoreError),
+    #[error(transparent)]
+    Bus(#[from] keel_bus::BusError),
+    #[error("redis configuration: {0}")]
+    Redis(String),
+}
+
+pub struct Application {
+    host: Host,
+    shards: Shards,
+}
+
+/// Redis PING deadline for readiness.
+const REDIS_PING_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl Application {
+    pub async fn build(cfg: Config) -> Result<Self, StartError> {
+        let tasks = Tasks::new();
+        let shards = Shards::connect_lazy(&cfg.store, SCHEMA)?;
+        let bus = Bus::connect(cfg.bus.clone()).await?;
+        let redis = deadpool_redis::Config::from_url(cfg.redis_url.clone())
+            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+            .map_err(|e| StartError::Redis(e.to_string()))?;
+        let wakeup = outbox::Wakeup::default();
+        let docs = documents::Documents::new(shards.clone(), wakeup.clone());
+        let routes = tonic::service::Routes::new(
+            keel_proto::inference::document_store_server::DocumentStoreServer::new(
+                grpc::DocumentStoreService::new(docs),
+            ),
+        );
+        let checks = vec![
+            {
+                let shards = shards.clone();
+                Check::new("postgres", move || {
+                    let shards = shards.clone();
+                    async move { shards.ready(&MIGRATOR).await }
+                })
+            },
+            {
+                let bus = bus.clone();
+                Check::new("nats", move || {
+                    let bus = bus.clone();
+                    async move {
+                        bus.ping().await?;
+                        bus.ensure_stream().await.map(|_| ())
+                    }
+                })
+            },
+            Check::new("redis", move || {
+                let redis = redis.clone();
+                async move {
+                    let mut conn = tokio::time::timeout(REDIS_PING_TIMEOUT, redis.get())
+                        .await
+                        .map_err(|_| "redis pool timed out".to_owned())?
+                        .map_err(|e| e.to_string())?;
+                    redis::cmd("PING")
+                        .query_async::<String>(&mut conn)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            }),
+        ];
+        let host = Host::start(
+            &cfg.host,
+            HostSpec {
+                name: "inference",
+                grpc_services: vec!["keel.inference.v1.DocumentStore"],
+                routes,
+                checks,
+                trust_tenant_header: true,
+                gate: None,
+            },
+            tasks.clone(),
+        )
+        .await?;
+        let token = tasks.token();
+        let relay_shards = shards.clone();
+        tasks.spawn("outbox-relay", async move {
+            outbox::run_relay(relay_shards, bus, cfg.relay, wakeup, token).await;
+        });
+        Ok(Application { host, shards })
+    }
+
+    pub fn grpc_addr(&self) -> std::net::SocketAddr {
+        self.host.grpc_addr()
+    }
+
+    pub fn admin_addr(&self) -> std::net::SocketAddr {
+        self.host.admin_addr()
+    }
+
+    pub fn shards(&self) -> &Shards {
+        &self.shards
+    }
+
+    pub async fn shutdown(self) {
+        self.host.shutdown().await;
+        self.shards.close().await;
+    }
+}
+
+impl keel_runtime::process::Service for Application {
+    async fn shutdown(self) {
+        Application::shutdown(self).await
+    }
+}

@@ -1,1 +1,12 @@
-fn main() {}
+//! `keel-inference`: reads configuration, starts the service, stops on SIGTERM or Ctrl-C.
+
+use keel_runtime::process::{StartFailure, run};
+
+fn main() -> std::process::ExitCode {
+    run("keel-inference", |env| async move {
+        let cfg = keel_inference::Config::from_env(&env)?;
+        keel_inference::Application::build(cfg)
+            .await
+            .map_err(StartFailure::other)
+    })
+}

@@ -1,1 +1,150 @@
-//! keel postproc service
+//! The post-processing service: durable JetStream consumers that take work off the critical
+//! path and record its effects effectively once.
+//!
+//! * [`Config`] / [`Application`] — consumers plus a gRPC health/reflection port and admin HTTP.
+//! * [`handler`] — document events → document records (effect + dedupe in one transaction).
+
+pub mod handler;
+
+use keel_bus::{Bus, BusConfig, ConsumerSpec};
+use keel_config::{ConfigError, Env};
+use keel_runtime::{Check, Host, HostConfig, HostSpec, Tasks};
+use keel_store::{Shards, StoreConfig};
+
+/// Default ports: gRPC (health and reflection only) 50054, admin 9094.
+pub const DEFAULT_GRPC_PORT: u16 = 50054;
+pub const DEFAULT_ADMIN_PORT: u16 = 9094;
+pub const SCHEMA: &str = "postproc";
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub host: HostConfig,
+    pub store: StoreConfig,
+    pub bus: BusConfig,
+    pub max_ack_pending: i64,
+}
+
+impl Config {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let max_ack_pending: i64 = env.or(
+            "KEEL_POSTPROC_MAX_ACK_PENDING",
+            keel_bus::consumer::DEFAULT_MAX_ACK_PENDING,
+        )?;
+        if max_ack_pending < 1 {
+            return Err(ConfigError::Invalid {
+                key: "KEEL_POSTPROC_MAX_ACK_PENDING".into(),
+                shown: max_ack_pending.to_string(),
+                problem: "must be at least 1".into(),
+            });
+        }
+        Ok(Config {
+            host: HostConfig::from_env(
+                env,
+                "KEEL_POSTPROC",
+                DEFAULT_GRPC_PORT,
+                DEFAULT_ADMIN_PORT,
+            )?,
+            store: StoreConfig::from_env(env)?,
+            bus: BusConfig::from_env(env)?,
+            max_ack_pending,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Runtime(#[from] keel_runtime::RuntimeError),
+    #[error(transparent)]
+    Store(#[from] keel_store::StoreError),
+    #[error(transparent)]
+    Bus(#[from] keel_bus::BusError),
+}
+
+pub struct Application {
+    host: Host,
+    shards: Shards,
+}
+
+impl Application {
+    pub async fn build(cfg: Config) -> Result<Self, StartError> {
+        let tasks = Tasks::new();
+        let shards = Shards::connect_lazy(&cfg.store, SCHEMA)?;
+        let bus = Bus::connect(cfg.bus.clone()).await?;
+        let checks = vec![
+            {
+                let shards = shards.clone();
+                Check::new("postgres", move || {
+                    let shards = shards.clone();
+                    async move { shards.ready(&MIGRATOR).await }
+                })
+            },
+            {
+                let bus = bus.clone();
+                Check::new("nats", move || {
+                    let bus = bus.clone();
+                    async move { bus.ping().await }
+                })
+            },
+        ];
+        let host = Host::start(
+            &cfg.host,
+            HostSpec {
+                name: "postproc",
+                grpc_services: vec![],
+                routes: tonic::service::Routes::default(),
+                checks,
+                trust_tenant_header: true,
+                gate: None,
+            },
+            tasks.clone(),
+        )
+        .await?;
+        let mut spec = ConsumerSpec::new(
+            handler::DOCUMENTS_CONSUMER,
+            format!("{}.events.*.document.*", cfg.bus.subject_prefix),
+        );
+        spec.max_ack_pending = cfg.max_ack_pending;
+        let token = tasks.token();
+        let consumer_shards = shards.clone();
+        tasks.spawn("consumer-documents", async move {
+            // Effects need the schema: wait for the migrations the readiness check applies.
+            while !consumer_shards.is_migrated() {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+                }
+            }
+            let handler = handler::DocumentHandler::new(consumer_shards);
+            if let Err(e) = keel_bus::run_consumer(&bus, spec, handler, token).await {
+                tracing::error!(error = %e, "document consumer stopped");
+            }
+        });
+        Ok(Application { host, shards })
+    }
+
+    pub fn grpc_addr(&self) -> std::net::SocketAddr {
+        self.host.grpc_addr()
+    }
+
+    pub fn admin_addr(&self) -> std::net::SocketAddr {
+        self.host.admin_addr()
+    }
+
+    pub fn shards(&self) -> &Shards {
+        &self.shards
+    }
+
+    pub async fn shutdown(self) {
+        self.host.shutdown().await;
+        self.shards.close().await;
+    }
+}
+
+impl keel_runtime::process::Service for Application {
+    async fn shutdown(self) {
+        Application::shutdown(self).await
+    }
+}

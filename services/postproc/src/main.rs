@@ -1,1 +1,12 @@
-fn main() {}
+//! `keel-postproc`: reads configuration, starts the service, stops on SIGTERM or Ctrl-C.
+
+use keel_runtime::process::{StartFailure, run};
+
+fn main() -> std::process::ExitCode {
+    run("keel-postproc", |env| async move {
+        let cfg = keel_postproc::Config::from_env(&env)?;
+        keel_postproc::Application::build(cfg)
+            .await
+            .map_err(StartFailure::other)
+    })
+}
