@@ -18,13 +18,27 @@ use tonic::transport::{Channel, Endpoint};
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Parser)]
-#[command(name = "keelctl", version, about = "keel's user and admin command line")]
+#[command(
+    name = "keelctl",
+    version,
+    about = "keel's user and admin command line"
+)]
 struct Cli {
     /// The gateway's gRPC endpoint.
-    #[arg(long, env = "KEEL_GATEWAY_URL", default_value = "http://127.0.0.1:50051", global = true)]
+    #[arg(
+        long,
+        env = "KEEL_GATEWAY_URL",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
     gateway_url: String,
     /// The auth service's gRPC endpoint (admin commands).
-    #[arg(long, env = "KEEL_AUTH_URL", default_value = "http://127.0.0.1:50052", global = true)]
+    #[arg(
+        long,
+        env = "KEEL_AUTH_URL",
+        default_value = "http://127.0.0.1:50052",
+        global = true
+    )]
     auth_url: String,
     /// Access token; defaults to the one in .keel/demo.json when `cargo xtask up` wrote it.
     #[arg(long, env = "KEEL_TOKEN", global = true, hide_env_values = true)]
@@ -111,7 +125,10 @@ enum TenantCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("keelctl: {e}");
@@ -162,13 +179,18 @@ fn authed<T>(msg: T, token: &str) -> Result<tonic::Request<T>> {
     let mut req = tonic::Request::new(msg);
     req.metadata_mut().insert(
         "authorization",
-        format!("Bearer {token}").parse().context("the token has characters that cannot be sent")?,
+        format!("Bearer {token}")
+            .parse()
+            .context("the token has characters that cannot be sent")?,
     );
     Ok(req)
 }
 
 fn ts(t: &Option<prost_types::Timestamp>) -> Value {
-    t.as_ref().map_or(Value::Null, |t| json!({ "seconds": t.seconds, "nanos": t.nanos }))
+    t.as_ref().map_or(
+        Value::Null,
+        |t| json!({ "seconds": t.seconds, "nanos": t.nanos }),
+    )
 }
 
 fn doc_json(d: &pb::Document) -> Value {
@@ -185,8 +207,11 @@ fn tenant_json(t: &authpb::Tenant) -> Value {
 async fn run(cli: Cli) -> Result<Value> {
     match cli.command {
         Cmd::Health { addr, service } => {
-            let mut client = tonic_health::pb::health_client::HealthClient::new(channel(&addr).await?);
-            let resp = client.check(tonic_health::pb::HealthCheckRequest { service }).await?;
+            let mut client =
+                tonic_health::pb::health_client::HealthClient::new(channel(&addr).await?);
+            let resp = client
+                .check(tonic_health::pb::HealthCheckRequest { service })
+                .await?;
             let status = resp.into_inner().status;
             if status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
                 Ok(json!({ "status": "SERVING" }))
@@ -195,22 +220,40 @@ async fn run(cli: Cli) -> Result<Value> {
             }
         }
         Cmd::Tenant(cmd) => {
-            let mut client = authpb::tenant_directory_client::TenantDirectoryClient::new(channel(&cli.auth_url).await?);
+            let mut client = authpb::tenant_directory_client::TenantDirectoryClient::new(
+                channel(&cli.auth_url).await?,
+            );
             match cmd {
                 TenantCmd::Create { id, name, tier } => {
                     let t = client
-                        .create_tenant(authpb::CreateTenantRequest { tenant_id: id, display_name: name, tier })
+                        .create_tenant(authpb::CreateTenantRequest {
+                            tenant_id: id,
+                            display_name: name,
+                            tier,
+                        })
                         .await?;
                     Ok(tenant_json(t.get_ref()))
                 }
                 TenantCmd::Get { id } => {
-                    let t = client.get_tenant(authpb::GetTenantRequest { tenant_id: id }).await?;
+                    let t = client
+                        .get_tenant(authpb::GetTenantRequest { tenant_id: id })
+                        .await?;
                     Ok(tenant_json(t.get_ref()))
                 }
-                TenantCmd::List { page_size, page_token } => {
-                    let r = client.list_tenants(authpb::ListTenantsRequest { page_size, page_token }).await?;
+                TenantCmd::List {
+                    page_size,
+                    page_token,
+                } => {
+                    let r = client
+                        .list_tenants(authpb::ListTenantsRequest {
+                            page_size,
+                            page_token,
+                        })
+                        .await?;
                     let r = r.into_inner();
-                    Ok(json!({ "tenants": r.tenants.iter().map(tenant_json).collect::<Vec<_>>(), "next_page_token": r.next_page_token }))
+                    Ok(
+                        json!({ "tenants": r.tenants.iter().map(tenant_json).collect::<Vec<_>>(), "next_page_token": r.next_page_token }),
+                    )
                 }
             }
         }
@@ -219,38 +262,91 @@ async fn run(cli: Cli) -> Result<Value> {
                 .token
                 .or_else(demo_token)
                 .context("no token: pass --token, set KEEL_TOKEN, or run `cargo xtask up` (it writes .keel/demo.json)")?;
-            let mut client = pb::document_service_client::DocumentServiceClient::new(channel(&cli.gateway_url).await?);
+            let mut client = pb::document_service_client::DocumentServiceClient::new(
+                channel(&cli.gateway_url).await?,
+            );
             match cmd {
-                DocCmd::Create { title, content, file, idempotency_key } => {
+                DocCmd::Create {
+                    title,
+                    content,
+                    file,
+                    idempotency_key,
+                } => {
                     let content = match (content, file) {
                         (Some(c), _) => c,
-                        (None, Some(f)) => std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?,
+                        (None, Some(f)) => std::fs::read_to_string(&f)
+                            .with_context(|| format!("reading {}", f.display()))?,
                         (None, None) => String::new(),
                     };
                     let d = client
-                        .create_document(authed(pb::CreateDocumentRequest { title, content, idempotency_key }, &token)?)
+                        .create_document(authed(
+                            pb::CreateDocumentRequest {
+                                title,
+                                content,
+                                idempotency_key,
+                            },
+                            &token,
+                        )?)
                         .await?;
                     Ok(doc_json(d.get_ref()))
                 }
                 DocCmd::Get { id } => {
-                    let d = client.get_document(authed(pb::GetDocumentRequest { id }, &token)?).await?;
+                    let d = client
+                        .get_document(authed(pb::GetDocumentRequest { id }, &token)?)
+                        .await?;
                     Ok(doc_json(d.get_ref()))
                 }
-                DocCmd::List { page_size, page_token } => {
+                DocCmd::List {
+                    page_size,
+                    page_token,
+                } => {
                     let r = client
-                        .list_documents(authed(pb::ListDocumentsRequest { page_size, page_token, omit_content: true }, &token)?)
+                        .list_documents(authed(
+                            pb::ListDocumentsRequest {
+                                page_size,
+                                page_token,
+                                omit_content: true,
+                            },
+                            &token,
+                        )?)
                         .await?;
                     let r = r.into_inner();
-                    Ok(json!({ "documents": r.documents.iter().map(doc_json).collect::<Vec<_>>(), "next_page_token": r.next_page_token }))
+                    Ok(
+                        json!({ "documents": r.documents.iter().map(doc_json).collect::<Vec<_>>(), "next_page_token": r.next_page_token }),
+                    )
                 }
-                DocCmd::Update { id, title, content, expected_version } => {
+                DocCmd::Update {
+                    id,
+                    title,
+                    content,
+                    expected_version,
+                } => {
                     let d = client
-                        .update_document(authed(pb::UpdateDocumentRequest { id, title, content, expected_version }, &token)?)
+                        .update_document(authed(
+                            pb::UpdateDocumentRequest {
+                                id,
+                                title,
+                                content,
+                                expected_version,
+                            },
+                            &token,
+                        )?)
                         .await?;
                     Ok(doc_json(d.get_ref()))
                 }
-                DocCmd::Delete { id, expected_version } => {
-                    client.delete_document(authed(pb::DeleteDocumentRequest { id, expected_version }, &token)?).await?;
+                DocCmd::Delete {
+                    id,
+                    expected_version,
+                } => {
+                    client
+                        .delete_document(authed(
+                            pb::DeleteDocumentRequest {
+                                id,
+                                expected_version,
+                            },
+                            &token,
+                        )?)
+                        .await?;
                     Ok(json!({ "deleted": true }))
                 }
             }

@@ -1,1 +1,337 @@
-//! Shared harness for the end-to-end tests.
+//! The end-to-end harness: the four services started in-process, each test on its own
+//! databases (two physical shards), its own JetStream stream and subject prefix, on free ports,
+//! against the real PostgreSQL, Redis and nats-server that `cargo xtask test` starts.
+//!
+//! * [`TestStack::start`] — all four services, ready; [`TestStack::shutdown`] stops them.
+//! * [`telemetry`] — the process-wide capture of spans and log lines the trace tests read.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use keel_config::Env;
+use keel_proto::public::document_service_client::DocumentServiceClient;
+use keel_telemetry::MemorySink;
+use opentelemetry_sdk::trace::InMemorySpanExporter;
+use sqlx::Connection;
+use tonic::transport::Channel;
+
+/// Where the servers are, from `cargo xtask test`.
+pub struct Servers {
+    pub pg_url: String,
+    pub redis_url: String,
+    pub nats_url: String,
+}
+
+fn var(key: &str) -> String {
+    #[allow(clippy::disallowed_methods)]
+    let v = std::env::var(key);
+    v.unwrap_or_else(|_| {
+        panic!("{key} is not set: run the tests with `cargo xtask test`, which starts PostgreSQL, Redis and NATS for them")
+    })
+}
+
+impl Servers {
+    pub fn from_env() -> Self {
+        Servers {
+            pg_url: var("KEEL_TEST_PG_URL"),
+            redis_url: var("KEEL_TEST_REDIS_URL"),
+            nats_url: var("KEEL_TEST_NATS_URL"),
+        }
+    }
+}
+
+/// Captured telemetry of this test process.
+pub struct Captured {
+    pub spans: InMemorySpanExporter,
+    pub logs: MemorySink,
+}
+
+/// Installs the global telemetry once per test binary (spans and logs kept in memory).
+pub fn telemetry() -> &'static Captured {
+    static CAPTURED: OnceLock<Captured> = OnceLock::new();
+    CAPTURED.get_or_init(|| {
+        let spans = InMemorySpanExporter::default();
+        let logs = MemorySink::default();
+        let cfg = keel_telemetry::TelemetryConfig::from_env(
+            "keel-tests",
+            &Env::from_pairs([("RUST_LOG", "info,keel=debug")]),
+        )
+        .expect("telemetry config");
+        let _handle = keel_telemetry::TelemetryBuilder::new(cfg)
+            .log_sink(std::sync::Arc::new(logs.clone()))
+            .span_exporter(spans.clone())
+            .install()
+            .expect("telemetry installs once");
+        std::mem::forget(_handle);
+        Captured { spans, logs }
+    })
+}
+
+/// A short random ID for database, stream and prefix names.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// Creates `n` fresh databases and returns their URLs.
+pub async fn create_databases(servers: &Servers, id: &str, n: usize) -> Result<Vec<String>> {
+    let mut conn = sqlx::PgConnection::connect(&format!("{}/postgres", servers.pg_url)).await?;
+    let mut urls = Vec::new();
+    for i in 0..n {
+        let name = format!("{id}_{i}");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await?;
+        urls.push(format!("{}/{name}", servers.pg_url));
+    }
+    Ok(urls)
+}
+
+pub struct TestStack {
+    pub id: String,
+    pub env: Env,
+    pub database_urls: Vec<String>,
+    pub auth: Option<keel_auth::Application>,
+    pub inference: Option<keel_inference::Application>,
+    pub postproc: Option<keel_postproc::Application>,
+    pub gateway: Option<keel_gateway::Application>,
+}
+
+/// The environment every service of one test shares: its databases, its stream, free ports.
+pub fn base_env(servers: &Servers, id: &str, database_urls: &[String]) -> Env {
+    let mut env = Env::from_pairs([
+        ("KEEL_DATABASE_URLS", database_urls.join(",")),
+        ("KEEL_REDIS_URL", servers.redis_url.clone()),
+        ("KEEL_NATS_URL", servers.nats_url.clone()),
+        ("KEEL_NATS_STREAM", format!("S_{id}")),
+        ("KEEL_NATS_SUBJECT_PREFIX", id.to_owned()),
+        ("KEEL_READINESS_INTERVAL", "100ms".into()),
+        ("KEEL_SHUTDOWN_GRACE", "5s".into()),
+        ("KEEL_OUTBOX_INTERVAL", "50ms".into()),
+        ("KEEL_DB_MAX_CONNECTIONS", "4".into()),
+        ("KEEL_GATEWAY_DEV_TOKENS", "true".into()),
+    ]);
+    for svc in ["AUTH", "INFERENCE", "POSTPROC", "GATEWAY"] {
+        env = env
+            .with(format!("KEEL_{svc}_GRPC_ADDR"), "127.0.0.1:0")
+            .with(format!("KEEL_{svc}_ADMIN_ADDR"), "127.0.0.1:0");
+    }
+    env
+}
+
+impl TestStack {
+    /// All four services on fresh databases, waited until each reports SERVING.
+    pub async fn start() -> Result<TestStack> {
+        Self::start_with(|e| e).await
+    }
+
+    pub async fn start_with(customize: impl FnOnce(Env) -> Env) -> Result<TestStack> {
+        telemetry();
+        let servers = Servers::from_env();
+        let id = unique("t");
+        let database_urls = create_databases(&servers, &id, 2).await?;
+        let env = customize(base_env(&servers, &id, &database_urls));
+        let auth = keel_auth::Application::build(keel_auth::Config::from_env(&env)?).await?;
+        let inference =
+            keel_inference::Application::build(keel_inference::Config::from_env(&env)?).await?;
+        let postproc =
+            keel_postproc::Application::build(keel_postproc::Config::from_env(&env)?).await?;
+        let env = env
+            .with("KEEL_AUTH_URL", format!("http://{}", auth.grpc_addr()))
+            .with(
+                "KEEL_INFERENCE_URL",
+                format!("http://{}", inference.grpc_addr()),
+            );
+        let gateway =
+            keel_gateway::Application::build(keel_gateway::Config::from_env(&env)?).await?;
+        for addr in [
+            auth.grpc_addr(),
+            inference.grpc_addr(),
+            postproc.grpc_addr(),
+            gateway.grpc_addr(),
+        ] {
+            wait_serving(&format!("http://{addr}"), Duration::from_secs(30)).await?;
+        }
+        Ok(TestStack {
+            id,
+            env,
+            database_urls,
+            auth: Some(auth),
+            inference: Some(inference),
+            postproc: Some(postproc),
+            gateway: Some(gateway),
+        })
+    }
+
+    pub fn gateway_url(&self) -> String {
+        format!(
+            "http://{}",
+            self.gateway.as_ref().expect("gateway running").grpc_addr()
+        )
+    }
+
+    pub fn inference_url(&self) -> String {
+        format!(
+            "http://{}",
+            self.inference
+                .as_ref()
+                .expect("inference running")
+                .grpc_addr()
+        )
+    }
+
+    pub fn auth_url(&self) -> String {
+        format!(
+            "http://{}",
+            self.auth.as_ref().expect("auth running").grpc_addr()
+        )
+    }
+
+    pub async fn documents(&self) -> Result<DocumentServiceClient<Channel>> {
+        Ok(DocumentServiceClient::new(
+            connect(&self.gateway_url()).await?,
+        ))
+    }
+
+    /// Registers a tenant in the auth directory.
+    pub async fn create_tenant(&self, tenant: &str) -> Result<()> {
+        let mut client = keel_proto::auth::tenant_directory_client::TenantDirectoryClient::new(
+            connect(&self.auth_url()).await?,
+        );
+        client
+            .create_tenant(keel_proto::auth::CreateTenantRequest {
+                tenant_id: tenant.into(),
+                display_name: format!("Tenant {tenant}"),
+                tier: "pro".into(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// A pool on physical shard `i` with the given schema on the search path.
+    pub async fn shard(&self, i: usize) -> Result<sqlx::PgPool> {
+        Ok(sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&self.database_urls[i])
+            .await?)
+    }
+
+    /// The physical shard index holding `tenant` (through the services' own shard map).
+    pub fn shard_of(&self, tenant: &str) -> usize {
+        let cfg = keel_store::StoreConfig::from_env(&self.env).expect("store config");
+        cfg.shard_map()
+            .expect("shard map")
+            .physical(&keel_tenancy::TenantId::parse(tenant).expect("tenant id"))
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(g) = self.gateway.take() {
+            g.shutdown().await;
+        }
+        if let Some(p) = self.postproc.take() {
+            p.shutdown().await;
+        }
+        if let Some(i) = self.inference.take() {
+            i.shutdown().await;
+        }
+        if let Some(a) = self.auth.take() {
+            a.shutdown().await;
+        }
+    }
+}
+
+pub async fn connect(url: &str) -> Result<Channel> {
+    Ok(tonic::transport::Endpoint::from_shared(url.to_owned())?
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await?)
+}
+
+/// The gRPC health status of a server as a whole.
+pub async fn health_status(url: &str) -> Result<i32> {
+    let mut client = tonic_health::pb::health_client::HealthClient::new(connect(url).await?);
+    let resp = client
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await?;
+    Ok(resp.into_inner().status)
+}
+
+pub const SERVING: i32 = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+
+pub async fn wait_serving(url: &str, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        if matches!(health_status(url).await, Ok(s) if s == SERVING) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{url} did not report SERVING within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls `f` until it returns `Some`, or fails after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await? {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {within:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A request with a development token for `tenant`.
+pub fn authed<T>(msg: T, tenant: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer dev.{tenant}").parse().expect("ascii token"),
+    );
+    req
+}
+
+/// The keel reason of a failed call.
+pub fn reason(st: &tonic::Status) -> &'static str {
+    keel_errors::reason_of(st).as_str()
+}
+
+/// `ErrorInfo.metadata[key]` of a failed call.
+pub fn detail(st: &tonic::Status, key: &str) -> Option<String> {
+    use tonic_types::StatusExt;
+    st.get_details_error_info()?.metadata.get(key).cloned()
+}
+
+/// Admin HTTP GET, returning the status code and body.
+pub async fn admin_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .context("admin connect")?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await?;
+    let code = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no status line")?;
+    let body = buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    Ok((code, body))
+}

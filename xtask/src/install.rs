@@ -29,7 +29,9 @@ pub fn ensure(root: &Path) -> Result<Tools> {
         Some(p) => p,
         None => {
             apt_install(&["postgresql"], "PostgreSQL 15 or newer")?;
-            find_postgres().context("PostgreSQL was installed but no initdb ≥ 15 was found under /usr/lib/postgresql")?
+            find_postgres().context(
+                "PostgreSQL was installed but no initdb ≥ 15 was found under /usr/lib/postgresql",
+            )?
         }
     };
     let redis_server = match find_redis() {
@@ -48,7 +50,9 @@ pub fn ensure(root: &Path) -> Result<Tools> {
     };
     let root_user = is_root();
     if root_user && !user_exists("postgres") {
-        bail!("running as root, but there is no `postgres` user to run PostgreSQL as (initdb refuses root); create one with `useradd -r postgres`");
+        bail!(
+            "running as root, but there is no `postgres` user to run PostgreSQL as (initdb refuses root); create one with `useradd -r postgres`"
+        );
     }
     Ok(Tools {
         pg_bin,
@@ -86,7 +90,9 @@ fn which(bin: &str) -> Option<PathBuf> {
 /// First `major.minor` after `prefix` in `s`.
 fn version_after(s: &str, prefix: &str) -> Option<(u32, u32)> {
     let rest = &s[s.find(prefix)? + prefix.len()..];
-    let mut parts = rest.split(|c: char| !c.is_ascii_digit()).filter(|p| !p.is_empty());
+    let mut parts = rest
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|p| !p.is_empty());
     Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
 
@@ -199,7 +205,10 @@ fn fetch_nats(tools: &Path) -> Result<()> {
     if !Path::new(DEBIAN_KEYRING).is_file() {
         apt_install(&["debian-archive-keyring"], "Debian's archive keyring")?;
     }
-    eprintln!("xtask: fetching nats-server from Debian 13 (trixie) into {}", tools.display());
+    eprintln!(
+        "xtask: fetching nats-server from Debian 13 (trixie) into {}",
+        tools.display()
+    );
     let apt = tools.join("apt");
     for d in ["lists/partial", "cache/archives/partial", "download"] {
         crate::ensure_dir(&apt.join(d))?;
@@ -207,7 +216,10 @@ fn fetch_nats(tools: &Path) -> Result<()> {
     let list = apt.join("sources.list");
     std::fs::write(
         &list,
-        format!("deb [signed-by={DEBIAN_KEYRING}] {} trixie main\n", debian_mirror()),
+        format!(
+            "deb [signed-by={DEBIAN_KEYRING}] {} trixie main\n",
+            debian_mirror()
+        ),
     )?;
     let opts = [
         format!("Dir::Etc::SourceList={}", list.display()),
@@ -226,7 +238,10 @@ fn fetch_nats(tools: &Path) -> Result<()> {
         c
     };
     run(apt_get(&["update"]), "apt-get update (trixie lists)")?;
-    run(apt_get(&["download", "nats-server"]), "apt-get download nats-server")?;
+    run(
+        apt_get(&["download", "nats-server"]),
+        "apt-get download nats-server",
+    )?;
     let deb = std::fs::read_dir(apt.join("download"))?
         .flatten()
         .map(|e| e.path())

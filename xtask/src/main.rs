@@ -98,7 +98,10 @@ fn stack_only() -> Result<ExitCode> {
     for (k, v) in stack.test_env() {
         println!("export {k}={v}");
     }
-    eprintln!("xtask: servers running under {}; Ctrl-C stops them", dir.display());
+    eprintln!(
+        "xtask: servers running under {}; Ctrl-C stops them",
+        dir.display()
+    );
     stop.wait();
     drop(stack);
     Ok(ExitCode::SUCCESS)

@@ -46,7 +46,9 @@ pub fn free_port() -> Result<u16> {
 
 fn port_from_env(key: &str, default: u16) -> Result<u16> {
     match std::env::var(key) {
-        Ok(v) => v.parse().with_context(|| format!("{key}={v:?} is not a port")),
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("{key}={v:?} is not a port")),
         Err(_) => Ok(default),
     }
 }
@@ -62,10 +64,18 @@ pub fn wait_for_port(port: u16, what: &str, child: Option<&mut Child>, log: &Pat
         if let Some(c) = child.as_deref_mut()
             && let Some(status) = c.try_wait()?
         {
-            bail!("{what} exited ({status}) before accepting connections; see {}:\n{}", log.display(), tail(log));
+            bail!(
+                "{what} exited ({status}) before accepting connections; see {}:\n{}",
+                log.display(),
+                tail(log)
+            );
         }
         if Instant::now() > deadline {
-            bail!("{what} did not accept connections on port {port} within {START_TIMEOUT:?}; see {}:\n{}", log.display(), tail(log));
+            bail!(
+                "{what} did not accept connections on port {port} within {START_TIMEOUT:?}; see {}:\n{}",
+                log.display(),
+                tail(log)
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -80,7 +90,10 @@ pub fn tail(log: &Path) -> String {
 fn make_dir(p: &Path, postgres_owned: bool) -> Result<()> {
     crate::ensure_dir(p)?;
     if postgres_owned {
-        let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(p).status()?;
+        let status = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(p)
+            .status()?;
         if !status.success() {
             bail!("chown postgres {} failed", p.display());
         }
@@ -215,9 +228,16 @@ impl Stack {
         let data = dir.join("redis");
         crate::ensure_dir(&data)?;
         let mut cmd = Command::new(&tools.redis_server);
-        cmd.args(["--bind", "127.0.0.1", "--port", &self.redis_port.to_string(), "--save", ""])
-            .arg("--dir")
-            .arg(&data);
+        cmd.args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &self.redis_port.to_string(),
+            "--save",
+            "",
+        ])
+        .arg("--dir")
+        .arg(&data);
         match profile {
             Profile::Throwaway => cmd.args(["--appendonly", "no"]),
             Profile::Durable => cmd.args(["--appendonly", "yes", "--appendfsync", "everysec"]),
@@ -232,8 +252,15 @@ impl Stack {
         let data = dir.join("nats");
         crate::ensure_dir(&data)?;
         let mut cmd = Command::new(&tools.nats_server);
-        cmd.args(["-js", "-a", "127.0.0.1", "-p", &self.nats_port.to_string(), "-sd"])
-            .arg(&data);
+        cmd.args([
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &self.nats_port.to_string(),
+            "-sd",
+        ])
+        .arg(&data);
         let log = data.join("nats.log");
         self.spawn("nats", cmd, &log)?;
         let child = self.children.last_mut().map(|(_, c)| c);
@@ -244,18 +271,39 @@ impl Stack {
     fn create_databases(&self, tools: &Tools) -> Result<()> {
         for name in self.database_names() {
             let exists = Command::new(tools.pg_bin.join("psql"))
-                .args(["-h", "127.0.0.1", "-p", &self.pg_port.to_string(), "-U", "postgres", "-tAc"])
-                .arg(format!("SELECT 1 FROM pg_database WHERE datname = '{name}'"))
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.pg_port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-tAc",
+                ])
+                .arg(format!(
+                    "SELECT 1 FROM pg_database WHERE datname = '{name}'"
+                ))
                 .output()?;
             if String::from_utf8_lossy(&exists.stdout).trim() == "1" {
                 continue;
             }
             let out = Command::new(tools.pg_bin.join("psql"))
-                .args(["-h", "127.0.0.1", "-p", &self.pg_port.to_string(), "-U", "postgres", "-c"])
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.pg_port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-c",
+                ])
                 .arg(format!("CREATE DATABASE {name}"))
                 .output()?;
             if !out.status.success() {
-                bail!("CREATE DATABASE {name}: {}", String::from_utf8_lossy(&out.stderr));
+                bail!(
+                    "CREATE DATABASE {name}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
         }
         Ok(())
@@ -292,7 +340,9 @@ pub fn terminate(name: &str, child: &mut Child) {
     if let Ok(Some(_)) = child.try_wait() {
         return;
     }
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     let deadline = Instant::now() + STOP_TIMEOUT;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {

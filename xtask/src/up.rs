@@ -2,8 +2,8 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,10 +25,38 @@ struct Svc {
 }
 
 const SERVICES: [Svc; 4] = [
-    Svc { name: "auth", bin: "keel-auth", grpc_key: "KEEL_AUTH_GRPC_ADDR", grpc_default: "127.0.0.1:50052", admin_key: "KEEL_AUTH_ADMIN_ADDR", admin_default: "127.0.0.1:9092" },
-    Svc { name: "inference", bin: "keel-inference", grpc_key: "KEEL_INFERENCE_GRPC_ADDR", grpc_default: "127.0.0.1:50053", admin_key: "KEEL_INFERENCE_ADMIN_ADDR", admin_default: "127.0.0.1:9093" },
-    Svc { name: "postproc", bin: "keel-postproc", grpc_key: "KEEL_POSTPROC_GRPC_ADDR", grpc_default: "127.0.0.1:50054", admin_key: "KEEL_POSTPROC_ADMIN_ADDR", admin_default: "127.0.0.1:9094" },
-    Svc { name: "gateway", bin: "keel-gateway", grpc_key: "KEEL_GATEWAY_GRPC_ADDR", grpc_default: "127.0.0.1:50051", admin_key: "KEEL_GATEWAY_ADMIN_ADDR", admin_default: "127.0.0.1:9091" },
+    Svc {
+        name: "auth",
+        bin: "keel-auth",
+        grpc_key: "KEEL_AUTH_GRPC_ADDR",
+        grpc_default: "127.0.0.1:50052",
+        admin_key: "KEEL_AUTH_ADMIN_ADDR",
+        admin_default: "127.0.0.1:9092",
+    },
+    Svc {
+        name: "inference",
+        bin: "keel-inference",
+        grpc_key: "KEEL_INFERENCE_GRPC_ADDR",
+        grpc_default: "127.0.0.1:50053",
+        admin_key: "KEEL_INFERENCE_ADMIN_ADDR",
+        admin_default: "127.0.0.1:9093",
+    },
+    Svc {
+        name: "postproc",
+        bin: "keel-postproc",
+        grpc_key: "KEEL_POSTPROC_GRPC_ADDR",
+        grpc_default: "127.0.0.1:50054",
+        admin_key: "KEEL_POSTPROC_ADMIN_ADDR",
+        admin_default: "127.0.0.1:9094",
+    },
+    Svc {
+        name: "gateway",
+        bin: "keel-gateway",
+        grpc_key: "KEEL_GATEWAY_GRPC_ADDR",
+        grpc_default: "127.0.0.1:50051",
+        admin_key: "KEEL_GATEWAY_ADMIN_ADDR",
+        admin_default: "127.0.0.1:9091",
+    },
 ];
 
 fn setting(key: &str, default: &str) -> String {
@@ -39,7 +67,11 @@ fn http_get_status(addr: &str, path: &str) -> Option<u16> {
     let addr: SocketAddr = addr.parse().ok()?;
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = [0u8; 64];
     let n = s.read(&mut buf).ok()?;
     let head = std::str::from_utf8(&buf[..n]).ok()?;
@@ -53,20 +85,31 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     let tools = crate::install::ensure(&root)?;
     let stop = stack::install_signal_handler()?;
 
-    eprintln!("xtask: building the services{}", if release { " (release)" } else { "" });
+    eprintln!(
+        "xtask: building the services{}",
+        if release { " (release)" } else { "" }
+    );
     let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     build.current_dir(&root).args(["build", "--quiet"]);
     if release {
         build.arg("--release");
     }
-    for p in ["keel-auth", "keel-gateway", "keel-inference", "keel-postproc", "keel-cli"] {
+    for p in [
+        "keel-auth",
+        "keel-gateway",
+        "keel-inference",
+        "keel-postproc",
+        "keel-cli",
+    ] {
         build.args(["-p", p]);
     }
     let status = stack::run_interruptible(&mut build, &stop)?;
     if !status.success() {
         bail!("cargo build failed");
     }
-    let bin_dir = root.join("target").join(if release { "release" } else { "debug" });
+    let bin_dir = root
+        .join("target")
+        .join(if release { "release" } else { "debug" });
 
     let keel_dir = root.join(".keel");
     let stack = Stack::start(&tools, &keel_dir.join("stack"), Profile::Durable)?;
@@ -77,9 +120,18 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
         .iter()
         .map(|d| format!("{}/{d}", stack.pg_url()))
         .collect();
-    let gateway_url = format!("http://{}", setting("KEEL_GATEWAY_GRPC_ADDR", "127.0.0.1:50051"));
-    let auth_url = format!("http://{}", setting("KEEL_AUTH_GRPC_ADDR", "127.0.0.1:50052"));
-    let inference_url = format!("http://{}", setting("KEEL_INFERENCE_GRPC_ADDR", "127.0.0.1:50053"));
+    let gateway_url = format!(
+        "http://{}",
+        setting("KEEL_GATEWAY_GRPC_ADDR", "127.0.0.1:50051")
+    );
+    let auth_url = format!(
+        "http://{}",
+        setting("KEEL_AUTH_GRPC_ADDR", "127.0.0.1:50052")
+    );
+    let inference_url = format!(
+        "http://{}",
+        setting("KEEL_INFERENCE_GRPC_ADDR", "127.0.0.1:50053")
+    );
     let mut children: Vec<(&'static str, Child)> = Vec::new();
     let result = (|| -> Result<()> {
         for svc in &SERVICES {
@@ -112,10 +164,18 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
                 if let Some((_, c)) = children.iter_mut().find(|(n, _)| *n == svc.name)
                     && let Some(st) = c.try_wait()?
                 {
-                    bail!("{} exited ({st}); last log lines:\n{}", svc.bin, stack::tail(&logs.join(format!("{}.log", svc.name))));
+                    bail!(
+                        "{} exited ({st}); last log lines:\n{}",
+                        svc.bin,
+                        stack::tail(&logs.join(format!("{}.log", svc.name)))
+                    );
                 }
                 if Instant::now() > deadline || stop.is_set() {
-                    bail!("{} did not become ready within {READY_TIMEOUT:?}; see {}", svc.bin, logs.join(format!("{}.log", svc.name)).display());
+                    bail!(
+                        "{} did not become ready within {READY_TIMEOUT:?}; see {}",
+                        svc.bin,
+                        logs.join(format!("{}.log", svc.name)).display()
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -193,11 +253,24 @@ fn stop_all(children: &mut Vec<(&'static str, Child)>) {
 fn demo_tenant(bin_dir: &Path, auth_url: &str, gateway_url: &str, keel_dir: &Path) -> Result<()> {
     let keelctl = bin_dir.join("keelctl");
     let out = Command::new(&keelctl)
-        .args(["--auth-url", auth_url, "tenant", "create", DEMO_TENANT, "--name", "Demo tenant", "--tier", "pro"])
+        .args([
+            "--auth-url",
+            auth_url,
+            "tenant",
+            "create",
+            DEMO_TENANT,
+            "--name",
+            "Demo tenant",
+            "--tier",
+            "pro",
+        ])
         .output()
         .context("running keelctl")?;
     if !out.status.success() {
-        bail!("creating the demo tenant failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "creating the demo tenant failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let token = format!("dev.{DEMO_TENANT}");
     let demo = serde_json::json!({
@@ -210,14 +283,33 @@ fn demo_tenant(bin_dir: &Path, auth_url: &str, gateway_url: &str, keel_dir: &Pat
             "auth_grpc": auth_url,
         },
     });
-    std::fs::write(keel_dir.join("demo.json"), serde_json::to_vec_pretty(&demo)?)?;
+    std::fs::write(
+        keel_dir.join("demo.json"),
+        serde_json::to_vec_pretty(&demo)?,
+    )?;
     // One real call through the whole path, so the banner means it works.
     let out = Command::new(&keelctl)
-        .args(["--gateway-url", gateway_url, "--token", &token, "doc", "create", "--title", "Welcome to keel", "--content", "Your first document.", "--idempotency-key", "demo-welcome"])
+        .args([
+            "--gateway-url",
+            gateway_url,
+            "--token",
+            &token,
+            "doc",
+            "create",
+            "--title",
+            "Welcome to keel",
+            "--content",
+            "Your first document.",
+            "--idempotency-key",
+            "demo-welcome",
+        ])
         .output()
         .context("running keelctl")?;
     if !out.status.success() {
-        bail!("the first call through the gateway failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "the first call through the gateway failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }

@@ -63,6 +63,8 @@ pub struct BusConfig {
     /// First subject token; the stream captures `<prefix>.events.>`.
     pub subject_prefix: String,
     pub publish_timeout: Duration,
+    /// JetStream's de-duplication window for `Nats-Msg-Id`.
+    pub duplicate_window: Duration,
 }
 
 impl BusConfig {
@@ -74,6 +76,8 @@ impl BusConfig {
             stream: env.or("KEEL_NATS_STREAM", "KEEL_EVENTS".to_owned())?,
             subject_prefix: env.or("KEEL_NATS_SUBJECT_PREFIX", "keel".to_owned())?,
             publish_timeout: env.duration("KEEL_NATS_PUBLISH_TIMEOUT", DEFAULT_PUBLISH_TIMEOUT)?,
+            duplicate_window: env
+                .duration("KEEL_NATS_DUPLICATE_WINDOW", DEFAULT_DUPLICATE_WINDOW)?,
         };
         let token_ok = |s: &str| {
             !s.is_empty()
@@ -167,7 +171,7 @@ impl Bus {
                 subjects: vec![format!("{}.events.>", self.cfg.subject_prefix)],
                 storage: stream::StorageType::File,
                 retention: stream::RetentionPolicy::Limits,
-                duplicate_window: DEFAULT_DUPLICATE_WINDOW,
+                duplicate_window: self.cfg.duplicate_window,
                 max_age: DEFAULT_MAX_AGE,
                 ..Default::default()
             })

@@ -80,6 +80,10 @@ impl AuthGate {
             tenant_id: t.to_string(),
         });
         req.set_timeout(DIRECTORY_TIMEOUT);
+        // On behalf of this tenant: the directory's spans and logs carry it too.
+        if let Ok(v) = tonic::metadata::MetadataValue::try_from(t.as_str()) {
+            req.metadata_mut().insert(GRPC_TENANT_HEADER, v);
+        }
         keel_telemetry::propagation::inject_grpc(req.metadata_mut());
         let resolved = match self.directory.clone().get_tenant(req).await {
             Ok(resp) if resp.get_ref().status == "active" => Resolved::Active,
