@@ -1,0 +1,106 @@
+//! Readiness follows the dependencies; liveness does not; shutdown is clean.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use keel_tests::{
+    SERVING, Servers, TestStack, admin_get, base_env, create_databases, eventually, health_status,
+    telemetry, unique,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_turns_serving_only_once_postgres_answers() {
+    telemetry();
+    let servers = Servers::from_env();
+    let id = unique("t");
+    // The databases do not exist yet: Postgres refuses every connection to them.
+    let urls: Vec<String> = (0..2)
+        .map(|i| format!("{}/{id}_{i}", servers.pg_url))
+        .collect();
+    let env = base_env(&servers, &id, &urls);
+    let app = keel_inference::Application::build(keel_inference::Config::from_env(&env).unwrap())
+        .await
+        .unwrap();
+    let url = format!("http://{}", app.grpc_addr());
+
+    // Several readiness rounds (100 ms apart) pass; it stays NOT_SERVING and says why.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_ne!(health_status(&url).await.unwrap(), SERVING);
+    let (code, body) = admin_get(app.admin_addr(), "/readyz").await.unwrap();
+    assert_eq!(code, 503, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["ready"], false);
+    assert_ne!(body["checks"]["postgres"], "ok", "{body}");
+    assert_eq!(body["checks"]["nats"], "ok", "{body}");
+    assert_eq!(
+        admin_get(app.admin_addr(), "/livez").await.unwrap().0,
+        200,
+        "liveness must not depend on Postgres"
+    );
+
+    // Once the databases exist, migrations run and the service turns SERVING by itself.
+    create_databases(&servers, &id, 2).await.unwrap();
+    eventually(Duration::from_secs(20), "SERVING", || async {
+        Ok((health_status(&url).await? == SERVING).then_some(()))
+    })
+    .await
+    .unwrap();
+    let (code, _) = admin_get(app.admin_addr(), "/readyz").await.unwrap();
+    assert_eq!(code, 200);
+    let (code, metrics) = admin_get(app.admin_addr(), "/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    assert!(metrics.contains("keel_ready"), "{metrics}");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_gateway_is_not_ready_while_its_upstreams_are_down() {
+    telemetry();
+    let servers = Servers::from_env();
+    let id = unique("t");
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let env = base_env(&servers, &id, &[format!("{}/none", servers.pg_url)])
+        .with("KEEL_AUTH_URL", format!("http://{closed}"))
+        .with("KEEL_INFERENCE_URL", format!("http://{closed}"));
+    let gw = keel_gateway::Application::build(keel_gateway::Config::from_env(&env).unwrap())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_ne!(
+        health_status(&format!("http://{}", gw.grpc_addr()))
+            .await
+            .unwrap(),
+        SERVING
+    );
+    let (code, body) = admin_get(gw.admin_addr(), "/readyz").await.unwrap();
+    assert_eq!(code, 503, "{body}");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_is_graceful_and_releases_the_ports() {
+    let stack = TestStack::start().await.unwrap();
+    let addrs = [
+        stack.gateway.as_ref().unwrap().grpc_addr(),
+        stack.inference.as_ref().unwrap().grpc_addr(),
+        stack.auth.as_ref().unwrap().grpc_addr(),
+        stack.postproc.as_ref().unwrap().admin_addr(),
+    ];
+    let started = std::time::Instant::now();
+    stack.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    for a in addrs {
+        assert!(
+            tokio::net::TcpStream::connect(a).await.is_err(),
+            "{a} still accepts connections"
+        );
+    }
+}
