@@ -1,6 +1,8 @@
 //! The binary refuses to start on invalid configuration: exit code 2, a message naming the key,
 //! and no port bound.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 

@@ -24,6 +24,8 @@ pub const DEFAULT_RELAY_BATCH: i64 = 100;
 pub const DEFAULT_RELAY_INTERVAL: Duration = Duration::from_millis(250);
 /// Sent rows are kept this long for inspection, then purged.
 const SENT_RETENTION_SECS: i64 = 24 * 3600;
+/// How often the relay purges sent rows: rare, the purge is bulk work.
+const PURGE_EVERY: Duration = Duration::from_secs(600);
 
 pub struct NewEvent<'a> {
     id: Uuid,
@@ -95,7 +97,7 @@ pub async fn run_relay(
     wakeup: Wakeup,
     shutdown: CancellationToken,
 ) {
-    let mut rounds: u64 = 0;
+    let mut last_purge = std::time::Instant::now();
     loop {
         let mut more = false;
         for (shard, pool) in shards.pools().iter().enumerate() {
@@ -106,8 +108,8 @@ pub async fn run_relay(
                 }
             }
         }
-        rounds += 1;
-        if rounds % 1000 == 0 {
+        if last_purge.elapsed() >= PURGE_EVERY {
+            last_purge = std::time::Instant::now();
             for pool in shards.pools() {
                 let purged = sqlx::query(
                     "DELETE FROM outbox WHERE sent_time < now() - make_interval(secs => $1)",
