@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use keel_config::Env;
 use keel_proto::public::document_service_client::DocumentServiceClient;
+use keel_runtime::Host;
 use keel_telemetry::MemorySink;
 use opentelemetry_sdk::trace::InMemorySpanExporter;
 use sqlx::Connection;
@@ -96,10 +97,10 @@ pub struct TestStack {
     pub id: String,
     pub env: Env,
     pub database_urls: Vec<String>,
-    pub auth: Option<keel_auth::Application>,
-    pub inference: Option<keel_inference::Application>,
-    pub postproc: Option<keel_postproc::Application>,
-    pub gateway: Option<keel_gateway::Application>,
+    pub auth: Option<Host>,
+    pub inference: Option<Host>,
+    pub postproc: Option<Host>,
+    pub gateway: Option<Host>,
 }
 
 /// The environment every service of one test shares: its databases, its stream, free ports.
@@ -136,19 +137,16 @@ impl TestStack {
         let id = unique("t");
         let database_urls = create_databases(&servers, &id, 2).await?;
         let env = customize(base_env(&servers, &id, &database_urls));
-        let auth = keel_auth::Application::build(keel_auth::Config::from_env(&env)?).await?;
-        let inference =
-            keel_inference::Application::build(keel_inference::Config::from_env(&env)?).await?;
-        let postproc =
-            keel_postproc::Application::build(keel_postproc::Config::from_env(&env)?).await?;
+        let auth = keel_auth::start(keel_auth::Config::from_env(&env)?).await?;
+        let inference = keel_inference::start(keel_inference::Config::from_env(&env)?).await?;
+        let postproc = keel_postproc::start(keel_postproc::Config::from_env(&env)?).await?;
         let env = env
             .with("KEEL_AUTH_URL", format!("http://{}", auth.grpc_addr()))
             .with(
                 "KEEL_INFERENCE_URL",
                 format!("http://{}", inference.grpc_addr()),
             );
-        let gateway =
-            keel_gateway::Application::build(keel_gateway::Config::from_env(&env)?).await?;
+        let gateway = keel_gateway::start(keel_gateway::Config::from_env(&env)?).await?;
         for addr in [
             auth.grpc_addr(),
             inference.grpc_addr(),

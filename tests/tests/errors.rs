@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use keel_proto::inference as internal;
+use keel_proto::public as internal;
 use keel_proto::public as pb;
 use keel_tests::{TestStack, authed, connect, detail, reason};
 use tonic::Code;
@@ -238,7 +238,7 @@ async fn bad_document_input_names_the_field() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn internal_hops_require_well_formed_tenant_metadata() {
     let stack = TestStack::start().await.unwrap();
-    let mut store = internal::document_store_client::DocumentStoreClient::new(
+    let mut store = keel_proto::inference::document_store_client::DocumentStoreClient::new(
         connect(&stack.inference_url()).await.unwrap(),
     );
     let st = store

@@ -19,7 +19,7 @@ async fn health_turns_serving_only_once_postgres_answers() {
         .map(|i| format!("{}/{id}_{i}", servers.pg_url))
         .collect();
     let env = base_env(&servers, &id, &urls);
-    let app = keel_inference::Application::build(keel_inference::Config::from_env(&env).unwrap())
+    let app = keel_inference::start(keel_inference::Config::from_env(&env).unwrap())
         .await
         .unwrap();
     let url = format!("http://{}", app.grpc_addr());
@@ -66,7 +66,7 @@ async fn the_gateway_is_not_ready_while_its_upstreams_are_down() {
     let env = base_env(&servers, &id, &[format!("{}/none", servers.pg_url)])
         .with("KEEL_AUTH_URL", format!("http://{closed}"))
         .with("KEEL_INFERENCE_URL", format!("http://{closed}"));
-    let gw = keel_gateway::Application::build(keel_gateway::Config::from_env(&env).unwrap())
+    let gw = keel_gateway::start(keel_gateway::Config::from_env(&env).unwrap())
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;

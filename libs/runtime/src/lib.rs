@@ -88,6 +88,7 @@ pub struct Host {
     tasks: Tasks,
     readiness: Readiness,
     grace: Duration,
+    closers: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
 }
 
 /// What a service hands to [`Host::start`].
@@ -165,6 +166,7 @@ impl Host {
             tasks,
             readiness,
             grace: cfg.shutdown_grace,
+            closers: Vec::new(),
         })
     }
 
@@ -184,13 +186,27 @@ impl Host {
         &self.tasks
     }
 
+    /// Work to do after every task has stopped (closing pools, in registration order).
+    pub fn on_shutdown(&mut self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.closers.push(Box::pin(fut));
+    }
+
     /// Graceful, bounded shutdown: report NOT_SERVING so balancers drain, stop accepting, let
-    /// in-flight calls and consumers finish within the grace period, then return.
+    /// in-flight calls and consumers finish within the grace period, then close resources.
     pub async fn shutdown(self) {
         tracing::info!(service = self.name, "shutting down");
         self.readiness.set(false).await;
         self.tasks.shutdown(self.grace).await;
+        for closer in self.closers {
+            closer.await;
+        }
         tracing::info!(service = self.name, "stopped");
+    }
+}
+
+impl process::Service for Host {
+    async fn shutdown(self) {
+        Host::shutdown(self).await
     }
 }
 

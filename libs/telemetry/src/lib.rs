@@ -268,3 +268,52 @@ pub fn render_metrics() -> String {
     handle.run_upkeep();
     handle.render()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(pairs: &[(&str, &str)]) -> TelemetryConfig {
+        TelemetryConfig::from_env("svc", &Env::from_pairs(pairs.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn otlp_is_off_without_an_endpoint_and_obeys_the_standard_switches() {
+        let c = cfg(&[]);
+        assert!(!c.otlp_traces && !c.otlp_metrics);
+        assert_eq!(c.service_name, "svc");
+        assert_eq!(c.log_filter, DEFAULT_LOG_FILTER);
+
+        let c = cfg(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")]);
+        assert!(c.otlp_traces && c.otlp_metrics);
+
+        let c = cfg(&[(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://collector:4317",
+        )]);
+        assert!(c.otlp_traces && !c.otlp_metrics);
+
+        let c = cfg(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_METRICS_EXPORTER", "none"),
+            ("OTEL_SERVICE_NAME", "gw-1"),
+            ("RUST_LOG", "debug"),
+        ]);
+        assert!(c.otlp_traces && !c.otlp_metrics);
+        assert_eq!(c.service_name, "gw-1");
+        assert_eq!(c.log_filter, "debug");
+
+        let c = cfg(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_SDK_DISABLED", "true"),
+        ]);
+        assert!(!c.otlp_traces && !c.otlp_metrics);
+        assert!(
+            TelemetryConfig::from_env(
+                "svc",
+                &Env::from_pairs([("OTEL_SDK_DISABLED", "sometimes")])
+            )
+            .is_err()
+        );
+    }
+}

@@ -42,57 +42,34 @@ pub enum StartError {
     Store(#[from] keel_store::StoreError),
 }
 
-pub struct Application {
-    host: Host,
-    shards: Shards,
-}
-
-impl Application {
-    pub async fn build(cfg: Config) -> Result<Self, StartError> {
-        let shards = Shards::connect_lazy(&cfg.store, SCHEMA)?;
-        let dir = tenants::Directory::new(shards.clone());
-        let routes = tonic::service::Routes::new(
-            keel_proto::auth::tenant_directory_server::TenantDirectoryServer::new(
-                grpc::TenantDirectoryService::new(dir),
-            ),
-        );
-        let check_shards = shards.clone();
-        let checks = vec![Check::new("postgres", move || {
-            let shards = check_shards.clone();
-            async move { shards.ready(&MIGRATOR).await }
-        })];
-        let host = Host::start(
-            &cfg.host,
-            HostSpec {
-                name: "auth",
-                grpc_services: vec!["keel.auth.v1.TenantDirectory"],
-                routes,
-                checks,
-                trust_tenant_header: true,
-                gate: None,
-            },
-            Tasks::new(),
-        )
-        .await?;
-        Ok(Application { host, shards })
-    }
-
-    pub fn grpc_addr(&self) -> std::net::SocketAddr {
-        self.host.grpc_addr()
-    }
-
-    pub fn admin_addr(&self) -> std::net::SocketAddr {
-        self.host.admin_addr()
-    }
-
-    pub async fn shutdown(self) {
-        self.host.shutdown().await;
-        self.shards.close().await;
-    }
-}
-
-impl keel_runtime::process::Service for Application {
-    async fn shutdown(self) {
-        Application::shutdown(self).await
-    }
+/// Starts the service: binds its listeners, serves, runs its background work. The returned
+/// [`Host`] reports readiness and shuts everything down.
+pub async fn start(cfg: Config) -> Result<Host, StartError> {
+    let shards = Shards::connect_lazy(&cfg.store, SCHEMA)?;
+    let dir = tenants::Directory::new(shards.clone());
+    let routes = tonic::service::Routes::new(
+        keel_proto::auth::tenant_directory_server::TenantDirectoryServer::new(
+            grpc::TenantDirectoryService::new(dir),
+        ),
+    );
+    let check_shards = shards.clone();
+    let checks = vec![Check::new("postgres", move || {
+        let shards = check_shards.clone();
+        async move { shards.ready(&MIGRATOR).await }
+    })];
+    let mut host = Host::start(
+        &cfg.host,
+        HostSpec {
+            name: "auth",
+            grpc_services: vec!["keel.auth.v1.TenantDirectory"],
+            routes,
+            checks,
+            trust_tenant_header: true,
+            gate: None,
+        },
+        Tasks::new(),
+    )
+    .await?;
+    host.on_shutdown(async move { shards.close().await });
+    Ok(host)
 }

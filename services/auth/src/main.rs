@@ -5,8 +5,6 @@ use keel_runtime::process::{StartFailure, run};
 fn main() -> std::process::ExitCode {
     run("keel-auth", |env| async move {
         let cfg = keel_auth::Config::from_env(&env)?;
-        keel_auth::Application::build(cfg)
-            .await
-            .map_err(StartFailure::other)
+        keel_auth::start(cfg).await.map_err(StartFailure::other)
     })
 }

@@ -1,11 +1,10 @@
 //! `keel.v1.DocumentService` at the edge: each call arrives admitted (the [`Caller`] is in the
-//! request extensions, put there by the gate), is translated to the internal contract and
-//! forwarded to inference on behalf of the caller's tenant. Errors keep their reason across the
+//! request extensions, put there by the gate) and is forwarded to inference's `DocumentStore`
+//! (same messages) on behalf of the caller's tenant, with our deadline. Errors keep their reason across the
 //! hop.
 
 use std::time::Duration;
 
-use keel_proto::inference as internal;
 use keel_proto::inference::document_store_client::DocumentStoreClient;
 use keel_proto::public as pb;
 use keel_runtime::Caller;
@@ -28,14 +27,14 @@ impl DocumentGateway {
 
     /// The upstream request: the caller's tenant, trace and correlation, and our deadline (or the
     /// client's, when it is shorter).
-    fn upstream<T, U>(&self, req: &Request<T>, msg: U) -> Result<Request<U>, Status> {
-        let caller = caller(req)?;
-        let mut up = outgoing(msg, &caller.tenant);
+    fn upstream<T>(&self, req: Request<T>) -> Result<Request<T>, Status> {
+        let tenant = caller(&req)?.tenant.clone();
         let client_deadline = req
             .metadata()
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout);
+        let mut up = outgoing(req.into_inner(), &tenant);
         up.set_timeout(client_deadline.map_or(self.timeout, |d| d.min(self.timeout)));
         Ok(up)
     }
@@ -63,128 +62,66 @@ fn parse_grpc_timeout(v: &str) -> Option<Duration> {
     })
 }
 
-fn doc(d: internal::Document) -> pb::Document {
-    pb::Document {
-        id: d.id,
-        title: d.title,
-        content: d.content,
-        version: d.version,
-        create_time: d.create_time,
-        update_time: d.update_time,
-        content_bytes: d.content_bytes,
-    }
-}
-
 #[tonic::async_trait]
 impl pb::document_service_server::DocumentService for DocumentGateway {
     async fn create_document(
         &self,
         req: Request<pb::CreateDocumentRequest>,
     ) -> Result<Response<pb::Document>, Status> {
-        let r = req.get_ref();
-        let up = self.upstream(
-            &req,
-            internal::CreateDocumentRequest {
-                title: r.title.clone(),
-                content: r.content.clone(),
-                idempotency_key: r.idempotency_key.clone(),
-            },
-        )?;
-        let resp = self
-            .inference
+        let up = self.upstream(req)?;
+        self.inference
             .clone()
             .create_document(up)
             .await
-            .map_err(keel_errors::forward)?;
-        Ok(Response::new(doc(resp.into_inner())))
+            .map_err(keel_errors::forward)
     }
 
     async fn get_document(
         &self,
         req: Request<pb::GetDocumentRequest>,
     ) -> Result<Response<pb::Document>, Status> {
-        let up = self.upstream(
-            &req,
-            internal::GetDocumentRequest {
-                id: req.get_ref().id.clone(),
-            },
-        )?;
-        let resp = self
-            .inference
+        let up = self.upstream(req)?;
+        self.inference
             .clone()
             .get_document(up)
             .await
-            .map_err(keel_errors::forward)?;
-        Ok(Response::new(doc(resp.into_inner())))
+            .map_err(keel_errors::forward)
     }
 
     async fn list_documents(
         &self,
         req: Request<pb::ListDocumentsRequest>,
     ) -> Result<Response<pb::ListDocumentsResponse>, Status> {
-        let r = req.get_ref();
-        let up = self.upstream(
-            &req,
-            internal::ListDocumentsRequest {
-                page_size: r.page_size,
-                page_token: r.page_token.clone(),
-                omit_content: r.omit_content,
-            },
-        )?;
-        let resp = self
-            .inference
+        let up = self.upstream(req)?;
+        self.inference
             .clone()
             .list_documents(up)
             .await
-            .map_err(keel_errors::forward)?;
-        let resp = resp.into_inner();
-        Ok(Response::new(pb::ListDocumentsResponse {
-            documents: resp.documents.into_iter().map(doc).collect(),
-            next_page_token: resp.next_page_token,
-        }))
+            .map_err(keel_errors::forward)
     }
 
     async fn update_document(
         &self,
         req: Request<pb::UpdateDocumentRequest>,
     ) -> Result<Response<pb::Document>, Status> {
-        let r = req.get_ref();
-        let up = self.upstream(
-            &req,
-            internal::UpdateDocumentRequest {
-                id: r.id.clone(),
-                title: r.title.clone(),
-                content: r.content.clone(),
-                expected_version: r.expected_version,
-            },
-        )?;
-        let resp = self
-            .inference
+        let up = self.upstream(req)?;
+        self.inference
             .clone()
             .update_document(up)
             .await
-            .map_err(keel_errors::forward)?;
-        Ok(Response::new(doc(resp.into_inner())))
+            .map_err(keel_errors::forward)
     }
 
     async fn delete_document(
         &self,
         req: Request<pb::DeleteDocumentRequest>,
     ) -> Result<Response<pb::DeleteDocumentResponse>, Status> {
-        let r = req.get_ref();
-        let up = self.upstream(
-            &req,
-            internal::DeleteDocumentRequest {
-                id: r.id.clone(),
-                expected_version: r.expected_version,
-            },
-        )?;
+        let up = self.upstream(req)?;
         self.inference
             .clone()
             .delete_document(up)
             .await
-            .map_err(keel_errors::forward)?;
-        Ok(Response::new(pb::DeleteDocumentResponse {}))
+            .map_err(keel_errors::forward)
     }
 }
 

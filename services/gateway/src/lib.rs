@@ -70,58 +70,36 @@ fn channel(url: &str) -> Result<Channel, StartError> {
         .connect_lazy())
 }
 
-pub struct Application {
-    host: Host,
-}
-
-impl Application {
-    pub async fn build(cfg: Config) -> Result<Self, StartError> {
-        if cfg.dev_tokens {
-            tracing::warn!(
-                "development tokens are accepted (KEEL_GATEWAY_DEV_TOKENS=true); never in production"
-            );
-        }
-        let auth = channel(&cfg.auth_url)?;
-        let inference = channel(&cfg.inference_url)?;
-        let routes = tonic::service::Routes::new(
-            keel_proto::public::document_service_server::DocumentServiceServer::new(
-                grpc::DocumentGateway::new(inference.clone(), cfg.upstream_timeout),
-            ),
+/// Starts the service: binds its listeners, serves, runs its background work. The returned
+/// [`Host`] reports readiness and shuts everything down.
+pub async fn start(cfg: Config) -> Result<Host, StartError> {
+    if cfg.dev_tokens {
+        tracing::warn!(
+            "development tokens are accepted (KEEL_GATEWAY_DEV_TOKENS=true); never in production"
         );
-        let host = Host::start(
-            &cfg.host,
-            HostSpec {
-                name: "gateway",
-                grpc_services: vec!["keel.v1.DocumentService"],
-                routes,
-                checks: vec![
-                    grpc_serving("auth", auth.clone()),
-                    grpc_serving("inference", inference),
-                ],
-                trust_tenant_header: false,
-                gate: Some(Arc::new(gate::AuthGate::new(cfg.dev_tokens, auth))),
-            },
-            Tasks::new(),
-        )
-        .await?;
-        Ok(Application { host })
     }
-
-    pub fn grpc_addr(&self) -> std::net::SocketAddr {
-        self.host.grpc_addr()
-    }
-
-    pub fn admin_addr(&self) -> std::net::SocketAddr {
-        self.host.admin_addr()
-    }
-
-    pub async fn shutdown(self) {
-        self.host.shutdown().await;
-    }
-}
-
-impl keel_runtime::process::Service for Application {
-    async fn shutdown(self) {
-        Application::shutdown(self).await
-    }
+    let auth = channel(&cfg.auth_url)?;
+    let inference = channel(&cfg.inference_url)?;
+    let routes = tonic::service::Routes::new(
+        keel_proto::public::document_service_server::DocumentServiceServer::new(
+            grpc::DocumentGateway::new(inference.clone(), cfg.upstream_timeout),
+        ),
+    );
+    let host = Host::start(
+        &cfg.host,
+        HostSpec {
+            name: "gateway",
+            grpc_services: vec!["keel.v1.DocumentService"],
+            routes,
+            checks: vec![
+                grpc_serving("auth", auth.clone()),
+                grpc_serving("inference", inference),
+            ],
+            trust_tenant_header: false,
+            gate: Some(Arc::new(gate::AuthGate::new(cfg.dev_tokens, auth))),
+        },
+        Tasks::new(),
+    )
+    .await?;
+    Ok(host)
 }

@@ -5,8 +5,6 @@ use keel_runtime::process::{StartFailure, run};
 fn main() -> std::process::ExitCode {
     run("keel-gateway", |env| async move {
         let cfg = keel_gateway::Config::from_env(&env)?;
-        keel_gateway::Application::build(cfg)
-            .await
-            .map_err(StartFailure::other)
+        keel_gateway::start(cfg).await.map_err(StartFailure::other)
     })
 }

@@ -211,41 +211,7 @@ impl Documents {
                 return self.get(tenant, existing).await;
             }
         }
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO documents (tenant_id, id, title, content, version)
-             VALUES ($1, $2, $3, $4, 1) RETURNING {COLUMNS}"
-        )))
-        .bind(tenant.as_str())
-        .bind(id)
-        .bind(&input.title)
-        .bind(&input.content)
-        .fetch_one(&mut *tx)
-        .await?;
-        let doc = row_to_document(&row, true)?;
-        let event_id = Uuid::now_v7();
-        let payload = keel_proto::events::DocumentCreated {
-            event_id: event_id.to_string(),
-            tenant_id: tenant.to_string(),
-            document_id: doc.id.to_string(),
-            version: doc.version,
-            title: doc.title.clone(),
-            content_bytes: doc.content_bytes,
-            occur_time: Some(timestamp(doc.create_time)),
-        };
-        outbox::insert(
-            &mut tx,
-            NewEvent::new(
-                event_id,
-                tenant,
-                "document.created",
-                "keel.events.v1.DocumentCreated",
-                payload.encode_to_vec(),
-            ),
-        )
-        .await?;
-        tx.commit().await?;
-        self.relay.wake();
-        Ok(doc)
+        self.write(tx, tenant, id, &input, Write::Create).await
     }
 
     #[tracing::instrument(name = "documents.get", skip_all, fields(db.system = "postgresql"))]
@@ -304,41 +270,7 @@ impl Documents {
         let mut tx = self.shards.begin(tenant).await?;
         let current = lock_version(&mut tx, tenant, id).await?;
         check_version(expected_version, current)?;
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE documents SET title = $3, content = $4, version = version + 1, update_time = now()
-             WHERE tenant_id = $1 AND id = $2 RETURNING {COLUMNS}"
-        )))
-        .bind(tenant.as_str())
-        .bind(id)
-        .bind(&input.title)
-        .bind(&input.content)
-        .fetch_one(&mut *tx)
-        .await?;
-        let doc = row_to_document(&row, true)?;
-        let event_id = Uuid::now_v7();
-        let payload = keel_proto::events::DocumentUpdated {
-            event_id: event_id.to_string(),
-            tenant_id: tenant.to_string(),
-            document_id: doc.id.to_string(),
-            version: doc.version,
-            title: doc.title.clone(),
-            content_bytes: doc.content_bytes,
-            occur_time: Some(timestamp(doc.update_time)),
-        };
-        outbox::insert(
-            &mut tx,
-            NewEvent::new(
-                event_id,
-                tenant,
-                "document.updated",
-                "keel.events.v1.DocumentUpdated",
-                payload.encode_to_vec(),
-            ),
-        )
-        .await?;
-        tx.commit().await?;
-        self.relay.wake();
-        Ok(doc)
+        self.write(tx, tenant, id, &input, Write::Update).await
     }
 
     #[tracing::instrument(name = "documents.delete", skip_all, fields(db.system = "postgresql"))]
@@ -356,29 +288,128 @@ impl Documents {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        let event_id = Uuid::now_v7();
-        let payload = keel_proto::events::DocumentDeleted {
-            event_id: event_id.to_string(),
-            tenant_id: tenant.to_string(),
-            document_id: id.to_string(),
-            version: current,
-            occur_time: Some(timestamp(Utc::now())),
-        };
-        outbox::insert(
+        announce(
             &mut tx,
-            NewEvent::new(
-                event_id,
-                tenant,
-                "document.deleted",
-                "keel.events.v1.DocumentDeleted",
-                payload.encode_to_vec(),
-            ),
+            tenant,
+            Change::Deleted {
+                id,
+                version: current,
+            },
         )
         .await?;
         tx.commit().await?;
         self.relay.wake();
         Ok(())
     }
+    /// Inserts or updates the row, announces the change in the same transaction, commits, and
+    /// wakes the relay.
+    async fn write(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        tenant: &TenantId,
+        id: Uuid,
+        input: &DocumentInput,
+        write: Write,
+    ) -> Result<Document> {
+        let sql = match write {
+            Write::Create => format!(
+                "INSERT INTO documents (tenant_id, id, title, content, version)
+                 VALUES ($1, $2, $3, $4, 1) RETURNING {COLUMNS}"
+            ),
+            Write::Update => format!(
+                "UPDATE documents SET title = $3, content = $4, version = version + 1, update_time = now()
+                 WHERE tenant_id = $1 AND id = $2 RETURNING {COLUMNS}"
+            ),
+        };
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant.as_str())
+            .bind(id)
+            .bind(&input.title)
+            .bind(&input.content)
+            .fetch_one(&mut *tx)
+            .await?;
+        let doc = row_to_document(&row, true)?;
+        let change = match write {
+            Write::Create => Change::Created(&doc),
+            Write::Update => Change::Updated(&doc),
+        };
+        announce(&mut tx, tenant, change).await?;
+        tx.commit().await?;
+        self.relay.wake();
+        Ok(doc)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Write {
+    Create,
+    Update,
+}
+
+/// The change an outbox event announces.
+enum Change<'a> {
+    Created(&'a Document),
+    Updated(&'a Document),
+    Deleted { id: Uuid, version: i64 },
+}
+
+/// Writes the event announcing `change` into the transaction that makes it.
+async fn announce(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    tenant: &TenantId,
+    change: Change<'_>,
+) -> Result<()> {
+    use keel_proto::events;
+    let event_id = Uuid::now_v7();
+    let (eid, tid) = (event_id.to_string(), tenant.to_string());
+    let (kind, event_type, payload) = match change {
+        Change::Created(d) => (
+            "document.created",
+            "keel.events.v1.DocumentCreated",
+            events::DocumentCreated {
+                event_id: eid,
+                tenant_id: tid,
+                document_id: d.id.to_string(),
+                version: d.version,
+                title: d.title.clone(),
+                content_bytes: d.content_bytes,
+                occur_time: Some(timestamp(d.create_time)),
+            }
+            .encode_to_vec(),
+        ),
+        Change::Updated(d) => (
+            "document.updated",
+            "keel.events.v1.DocumentUpdated",
+            events::DocumentUpdated {
+                event_id: eid,
+                tenant_id: tid,
+                document_id: d.id.to_string(),
+                version: d.version,
+                title: d.title.clone(),
+                content_bytes: d.content_bytes,
+                occur_time: Some(timestamp(d.update_time)),
+            }
+            .encode_to_vec(),
+        ),
+        Change::Deleted { id, version } => (
+            "document.deleted",
+            "keel.events.v1.DocumentDeleted",
+            events::DocumentDeleted {
+                event_id: eid,
+                tenant_id: tid,
+                document_id: id.to_string(),
+                version,
+                occur_time: Some(timestamp(Utc::now())),
+            }
+            .encode_to_vec(),
+        ),
+    };
+    outbox::insert(
+        tx,
+        NewEvent::new(event_id, tenant, kind, event_type, payload),
+    )
+    .await?;
+    Ok(())
 }
 
 async fn lock_version(

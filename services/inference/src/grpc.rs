@@ -1,7 +1,8 @@
 //! The gRPC edge: `keel.inference.v1.DocumentStore`. Converts wire types to domain types and
 //! back; the only module of this crate that knows the wire format of the API.
 
-use keel_proto::inference as pb;
+use keel_proto::inference as store;
+use keel_proto::public as pb;
 use keel_runtime::context::tenant;
 use tonic::{Request, Response, Status};
 
@@ -42,7 +43,7 @@ fn expected(v: i64) -> Result<Option<i64>, Status> {
 }
 
 #[tonic::async_trait]
-impl pb::document_store_server::DocumentStore for DocumentStoreService {
+impl store::document_store_server::DocumentStore for DocumentStoreService {
     async fn create_document(
         &self,
         req: Request<pb::CreateDocumentRequest>,

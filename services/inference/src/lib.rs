@@ -69,103 +69,76 @@ pub enum StartError {
     Redis(String),
 }
 
-pub struct Application {
-    host: Host,
-    shards: Shards,
-}
-
 /// Redis PING deadline for readiness.
 const REDIS_PING_TIMEOUT: Duration = Duration::from_secs(1);
 
-impl Application {
-    pub async fn build(cfg: Config) -> Result<Self, StartError> {
-        let tasks = Tasks::new();
-        let shards = Shards::connect_lazy(&cfg.store, SCHEMA)?;
-        let bus = Bus::connect(cfg.bus.clone()).await?;
-        let redis = deadpool_redis::Config::from_url(cfg.redis_url.clone())
-            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-            .map_err(|e| StartError::Redis(e.to_string()))?;
-        let wakeup = outbox::Wakeup::default();
-        let docs = documents::Documents::new(shards.clone(), wakeup.clone());
-        let routes = tonic::service::Routes::new(
-            keel_proto::inference::document_store_server::DocumentStoreServer::new(
-                grpc::DocumentStoreService::new(docs),
-            ),
-        );
-        let checks = vec![
-            {
+/// Starts the service: binds its listeners, serves, runs its background work. The returned
+/// [`Host`] reports readiness and shuts everything down.
+pub async fn start(cfg: Config) -> Result<Host, StartError> {
+    let tasks = Tasks::new();
+    let shards = Shards::connect_lazy(&cfg.store, SCHEMA)?;
+    let bus = Bus::connect(cfg.bus.clone()).await?;
+    let redis = deadpool_redis::Config::from_url(cfg.redis_url.clone())
+        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .map_err(|e| StartError::Redis(e.to_string()))?;
+    let wakeup = outbox::Wakeup::default();
+    let docs = documents::Documents::new(shards.clone(), wakeup.clone());
+    let routes = tonic::service::Routes::new(
+        keel_proto::inference::document_store_server::DocumentStoreServer::new(
+            grpc::DocumentStoreService::new(docs),
+        ),
+    );
+    let checks = vec![
+        {
+            let shards = shards.clone();
+            Check::new("postgres", move || {
                 let shards = shards.clone();
-                Check::new("postgres", move || {
-                    let shards = shards.clone();
-                    async move { shards.ready(&MIGRATOR).await }
-                })
-            },
-            {
+                async move { shards.ready(&MIGRATOR).await }
+            })
+        },
+        {
+            let bus = bus.clone();
+            Check::new("nats", move || {
                 let bus = bus.clone();
-                Check::new("nats", move || {
-                    let bus = bus.clone();
-                    async move {
-                        bus.ping().await?;
-                        bus.ensure_stream().await.map(|_| ())
-                    }
-                })
-            },
-            Check::new("redis", move || {
-                let redis = redis.clone();
                 async move {
-                    let mut conn = tokio::time::timeout(REDIS_PING_TIMEOUT, redis.get())
-                        .await
-                        .map_err(|_| "redis pool timed out".to_owned())?
-                        .map_err(|e| e.to_string())?;
-                    redis::cmd("PING")
-                        .query_async::<String>(&mut conn)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
+                    bus.ping().await?;
+                    bus.ensure_stream().await.map(|_| ())
                 }
-            }),
-        ];
-        let host = Host::start(
-            &cfg.host,
-            HostSpec {
-                name: "inference",
-                grpc_services: vec!["keel.inference.v1.DocumentStore"],
-                routes,
-                checks,
-                trust_tenant_header: true,
-                gate: None,
-            },
-            tasks.clone(),
-        )
-        .await?;
-        let token = tasks.token();
-        let relay_shards = shards.clone();
-        tasks.spawn("outbox-relay", async move {
-            outbox::run_relay(relay_shards, bus, cfg.relay, wakeup, token).await;
-        });
-        Ok(Application { host, shards })
-    }
-
-    pub fn grpc_addr(&self) -> std::net::SocketAddr {
-        self.host.grpc_addr()
-    }
-
-    pub fn admin_addr(&self) -> std::net::SocketAddr {
-        self.host.admin_addr()
-    }
-
-    pub fn shards(&self) -> &Shards {
-        &self.shards
-    }
-
-    pub async fn shutdown(self) {
-        self.host.shutdown().await;
-        self.shards.close().await;
-    }
-}
-
-impl keel_runtime::process::Service for Application {
-    async fn shutdown(self) {
-        Application::shutdown(self).await
-    }
+            })
+        },
+        Check::new("redis", move || {
+            let redis = redis.clone();
+            async move {
+                let mut conn = tokio::time::timeout(REDIS_PING_TIMEOUT, redis.get())
+                    .await
+                    .map_err(|_| "redis pool timed out".to_owned())?
+                    .map_err(|e| e.to_string())?;
+                redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        }),
+    ];
+    let mut host = Host::start(
+        &cfg.host,
+        HostSpec {
+            name: "inference",
+            grpc_services: vec!["keel.inference.v1.DocumentStore"],
+            routes,
+            checks,
+            trust_tenant_header: true,
+            gate: None,
+        },
+        tasks.clone(),
+    )
+    .await?;
+    let token = tasks.token();
+    let relay_shards = shards.clone();
+    tasks.spawn("outbox-relay", async move {
+        outbox::run_relay(relay_shards, bus, cfg.relay, wakeup, token).await;
+    });
+    host.on_shutdown(async move { shards.close().await });
+    Ok(host)
 }

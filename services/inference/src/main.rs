@@ -5,7 +5,7 @@ use keel_runtime::process::{StartFailure, run};
 fn main() -> std::process::ExitCode {
     run("keel-inference", |env| async move {
         let cfg = keel_inference::Config::from_env(&env)?;
-        keel_inference::Application::build(cfg)
+        keel_inference::start(cfg)
             .await
             .map_err(StartFailure::other)
     })

@@ -22,7 +22,7 @@ use uuid::Uuid;
 pub const DEFAULT_RELAY_BATCH: i64 = 100;
 /// Poll interval when no local write woke the relay (writes by other replicas, retries).
 pub const DEFAULT_RELAY_INTERVAL: Duration = Duration::from_millis(250);
-/// Sent rows are kept this long for inspection, then purged.
+/// Sent rows are kept this long for inspection, then purged (with expired idempotency keys).
 const SENT_RETENTION_SECS: i64 = 24 * 3600;
 /// How often the relay purges sent rows: rare, the purge is bulk work.
 const PURGE_EVERY: Duration = Duration::from_secs(600);
@@ -119,6 +119,15 @@ pub async fn run_relay(
                 .await;
                 if let Err(e) = purged {
                     tracing::warn!(error = %e, "outbox purge failed");
+                }
+                // Idempotency keys promise replays for 24 hours; after that a key may be reused.
+                let expired = sqlx::query(
+                    "DELETE FROM idempotency_keys WHERE create_time < now() - interval '24 hours'",
+                )
+                .execute(pool)
+                .await;
+                if let Err(e) = expired {
+                    tracing::warn!(error = %e, "idempotency key purge failed");
                 }
             }
         }

@@ -63,88 +63,61 @@ pub enum StartError {
     Bus(#[from] keel_bus::BusError),
 }
 
-pub struct Application {
-    host: Host,
-    shards: Shards,
-}
-
-impl Application {
-    pub async fn build(cfg: Config) -> Result<Self, StartError> {
-        let tasks = Tasks::new();
-        let shards = Shards::connect_lazy(&cfg.store, SCHEMA)?;
-        let bus = Bus::connect(cfg.bus.clone()).await?;
-        let checks = vec![
-            {
+/// Starts the service: binds its listeners, serves, runs its background work. The returned
+/// [`Host`] reports readiness and shuts everything down.
+pub async fn start(cfg: Config) -> Result<Host, StartError> {
+    let tasks = Tasks::new();
+    let shards = Shards::connect_lazy(&cfg.store, SCHEMA)?;
+    let bus = Bus::connect(cfg.bus.clone()).await?;
+    let checks = vec![
+        {
+            let shards = shards.clone();
+            Check::new("postgres", move || {
                 let shards = shards.clone();
-                Check::new("postgres", move || {
-                    let shards = shards.clone();
-                    async move { shards.ready(&MIGRATOR).await }
-                })
-            },
-            {
+                async move { shards.ready(&MIGRATOR).await }
+            })
+        },
+        {
+            let bus = bus.clone();
+            Check::new("nats", move || {
                 let bus = bus.clone();
-                Check::new("nats", move || {
-                    let bus = bus.clone();
-                    async move { bus.ping().await }
-                })
-            },
-        ];
-        let host = Host::start(
-            &cfg.host,
-            HostSpec {
-                name: "postproc",
-                grpc_services: vec![],
-                routes: tonic::service::Routes::default(),
-                checks,
-                trust_tenant_header: true,
-                gate: None,
-            },
-            tasks.clone(),
-        )
-        .await?;
-        let mut spec = ConsumerSpec::new(
-            handler::DOCUMENTS_CONSUMER,
-            format!("{}.events.*.document.*", cfg.bus.subject_prefix),
-        );
-        spec.max_ack_pending = cfg.max_ack_pending;
-        let token = tasks.token();
-        let consumer_shards = shards.clone();
-        tasks.spawn("consumer-documents", async move {
-            // Effects need the schema: wait for the migrations the readiness check applies.
-            while !consumer_shards.is_migrated() {
-                tokio::select! {
-                    _ = token.cancelled() => return,
-                    _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
-                }
+                async move { bus.ping().await }
+            })
+        },
+    ];
+    let mut host = Host::start(
+        &cfg.host,
+        HostSpec {
+            name: "postproc",
+            grpc_services: vec![],
+            routes: tonic::service::Routes::default(),
+            checks,
+            trust_tenant_header: true,
+            gate: None,
+        },
+        tasks.clone(),
+    )
+    .await?;
+    let mut spec = ConsumerSpec::new(
+        handler::DOCUMENTS_CONSUMER,
+        format!("{}.events.*.document.*", cfg.bus.subject_prefix),
+    );
+    spec.max_ack_pending = cfg.max_ack_pending;
+    let token = tasks.token();
+    let consumer_shards = shards.clone();
+    tasks.spawn("consumer-documents", async move {
+        // Effects need the schema: wait for the migrations the readiness check applies.
+        while !consumer_shards.is_migrated() {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
             }
-            let handler = handler::DocumentHandler::new(consumer_shards);
-            if let Err(e) = keel_bus::run_consumer(&bus, spec, handler, token).await {
-                tracing::error!(error = %e, "document consumer stopped");
-            }
-        });
-        Ok(Application { host, shards })
-    }
-
-    pub fn grpc_addr(&self) -> std::net::SocketAddr {
-        self.host.grpc_addr()
-    }
-
-    pub fn admin_addr(&self) -> std::net::SocketAddr {
-        self.host.admin_addr()
-    }
-
-    pub fn shards(&self) -> &Shards {
-        &self.shards
-    }
-
-    pub async fn shutdown(self) {
-        self.host.shutdown().await;
-        self.shards.close().await;
-    }
-}
-
-impl keel_runtime::process::Service for Application {
-    async fn shutdown(self) {
-        Application::shutdown(self).await
-    }
+        }
+        let handler = handler::DocumentHandler::new(consumer_shards);
+        if let Err(e) = keel_bus::run_consumer(&bus, spec, handler, token).await {
+            tracing::error!(error = %e, "document consumer stopped");
+        }
+    });
+    host.on_shutdown(async move { shards.close().await });
+    Ok(host)
 }

@@ -5,8 +5,6 @@ use keel_runtime::process::{StartFailure, run};
 fn main() -> std::process::ExitCode {
     run("keel-postproc", |env| async move {
         let cfg = keel_postproc::Config::from_env(&env)?;
-        keel_postproc::Application::build(cfg)
-            .await
-            .map_err(StartFailure::other)
+        keel_postproc::start(cfg).await.map_err(StartFailure::other)
     })
 }
