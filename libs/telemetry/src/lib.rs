@@ -13,6 +13,7 @@
 //! but spans still get trace IDs so logs and propagation work.
 
 pub mod logs;
+mod metrics_bridge;
 pub mod propagation;
 
 use std::sync::{Arc, OnceLock};
@@ -175,8 +176,9 @@ impl TelemetryBuilder {
             .try_init()
             .map_err(|_| TelemetryError::AlreadyInstalled)?;
         opentelemetry::global::set_tracer_provider(tracer_provider.clone());
-        // Make the Prometheus recorder exist before the first metric is recorded.
-        let _ = prometheus();
+        // The recorder exists before the first metric is recorded, feeding OTLP when it is on.
+        use opentelemetry::metrics::MeterProvider as _;
+        install_recorder(meter.as_ref().map(|m| m.meter("keel")));
         Ok(Telemetry {
             tracer: tracer_provider,
             meter,
@@ -246,8 +248,11 @@ pub const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// The process-wide Prometheus handle (installed on first use as the `metrics` recorder).
-pub fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+/// Installs the process's `metrics` recorder (once; later calls return the first handle):
+/// Prometheus always, plus the OpenTelemetry meter when one is given.
+fn install_recorder(
+    meter: Option<opentelemetry::metrics::Meter>,
+) -> &'static metrics_exporter_prometheus::PrometheusHandle {
     PROMETHEUS.get_or_init(|| {
         let builder = metrics_exporter_prometheus::PrometheusBuilder::new();
         let builder = builder
@@ -255,11 +260,16 @@ pub fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
             .unwrap_or_else(|_| metrics_exporter_prometheus::PrometheusBuilder::new());
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
-        // Another recorder may already be installed (a test harness); ours still renders what
-        // is recorded through it, so failure here only means an empty page, never a crash.
-        let _ = metrics::set_global_recorder(recorder);
+        // Fails only when another recorder was installed first (a test harness); ours then
+        // renders an empty page rather than crash the process.
+        let _ = metrics::set_global_recorder(metrics_bridge::Fanout::new(recorder, meter));
         handle
     })
+}
+
+/// The process-wide Prometheus handle (installing a Prometheus-only recorder on first use).
+pub fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    install_recorder(None)
 }
 
 /// Renders `/metrics`.
