@@ -55,6 +55,26 @@ enum Cmd {
     /// Tenants (talks to the auth service directly: operators only).
     #[command(subcommand)]
     Tenant(TenantCmd),
+    /// Users (talks to the auth service directly: operators only).
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Logs in through the gateway and prints the tokens as JSON.
+    Login {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        username: String,
+        /// The password (prefer --password-stdin: command lines are visible to other users).
+        #[arg(long, env = "KEEL_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        #[arg(long)]
+        password_stdin: bool,
+        #[arg(long, default_value = "keelctl")]
+        client_id: String,
+        /// Also write the tokens into this JSON file (keeping its other fields).
+        #[arg(long)]
+        save: Option<PathBuf>,
+    },
     /// Exits 0 when the gRPC server at ADDR reports SERVING (for container health checks).
     Health {
         #[arg(long)]
@@ -65,7 +85,7 @@ enum Cmd {
     },
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Clone)]
 enum DocCmd {
     Create {
         #[arg(long)]
@@ -100,6 +120,21 @@ enum DocCmd {
         id: String,
         #[arg(long, default_value_t = 0)]
         expected_version: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    Create {
+        tenant: String,
+        username: String,
+        #[arg(long, env = "KEEL_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        #[arg(long)]
+        password_stdin: bool,
+        /// admin or member (repeatable).
+        #[arg(long = "role")]
+        roles: Vec<String>,
     },
 }
 
@@ -169,10 +204,64 @@ async fn channel(url: &str) -> Result<Channel> {
         .with_context(|| format!("cannot connect to {url}"))
 }
 
+const DEMO_FILE: &str = ".keel/demo.json";
+
+fn read_json(path: &std::path::Path) -> Option<Value> {
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
 fn demo_token() -> Option<String> {
-    let text = std::fs::read_to_string(".keel/demo.json").ok()?;
-    let v: Value = serde_json::from_str(&text).ok()?;
-    v.get("access_token")?.as_str().map(str::to_owned)
+    read_json(std::path::Path::new(DEMO_FILE))?
+        .get("access_token")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+fn password(given: Option<String>, stdin: bool) -> Result<String> {
+    if stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading the password from stdin")?;
+        return Ok(line.trim_end_matches(['\r', '\n']).to_owned());
+    }
+    given.context("give --password-stdin (or --password / KEEL_PASSWORD)")
+}
+
+fn tokens_json(r: &pb::LoginResponse) -> Value {
+    json!({ "access_token": r.access_token, "refresh_token": r.refresh_token, "expires_in_seconds": r.expires_in_seconds, "token_type": r.token_type })
+}
+
+/// Writes new tokens into a JSON file, keeping its other fields.
+fn save_tokens(path: &std::path::Path, r: &pb::LoginResponse) -> Result<()> {
+    let mut v = read_json(path).unwrap_or_else(|| json!({}));
+    if let (Some(obj), Value::Object(t)) = (v.as_object_mut(), tokens_json(r)) {
+        obj.extend(t);
+    }
+    std::fs::write(path, serde_json::to_vec_pretty(&v)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// When the demo file's access token has expired, trade its refresh token for new ones.
+async fn refresh_demo(gateway_url: &str) -> Result<Option<String>> {
+    let path = std::path::Path::new(DEMO_FILE);
+    let Some(rt) =
+        read_json(path).and_then(|v| v.get("refresh_token")?.as_str().map(str::to_owned))
+    else {
+        return Ok(None);
+    };
+    let mut auth = pb::authentication_service_client::AuthenticationServiceClient::new(
+        channel(gateway_url).await?,
+    );
+    let r = auth
+        .refresh(pb::RefreshRequest {
+            refresh_token: rt,
+            client_id: String::new(),
+        })
+        .await?
+        .into_inner();
+    save_tokens(path, &r)?;
+    Ok(Some(r.access_token))
 }
 
 fn authed<T>(msg: T, token: &str) -> Result<tonic::Request<T>> {
@@ -219,6 +308,54 @@ async fn run(cli: Cli) -> Result<Value> {
                 anyhow::bail!("not serving (status {status})")
             }
         }
+        Cmd::User(UserCmd::Create {
+            tenant,
+            username,
+            password: pw,
+            password_stdin,
+            roles,
+        }) => {
+            let mut admin = authpb::identity_admin_client::IdentityAdminClient::new(
+                channel(&cli.auth_url).await?,
+            );
+            let u = admin
+                .create_user(authpb::CreateUserRequest {
+                    tenant_id: tenant,
+                    username,
+                    password: password(pw, password_stdin)?,
+                    roles,
+                })
+                .await?
+                .into_inner();
+            Ok(
+                json!({ "tenant_id": u.tenant_id, "user_id": u.user_id, "username": u.username, "roles": u.roles }),
+            )
+        }
+        Cmd::Login {
+            tenant,
+            username,
+            password: pw,
+            password_stdin,
+            client_id,
+            save,
+        } => {
+            let mut auth = pb::authentication_service_client::AuthenticationServiceClient::new(
+                channel(&cli.gateway_url).await?,
+            );
+            let r = auth
+                .login(pb::LoginRequest {
+                    tenant_id: tenant,
+                    username,
+                    password: password(pw, password_stdin)?,
+                    client_id,
+                })
+                .await?
+                .into_inner();
+            if let Some(path) = save {
+                save_tokens(&path, &r)?;
+            }
+            Ok(tokens_json(&r))
+        }
         Cmd::Tenant(cmd) => {
             let mut client = authpb::tenant_directory_client::TenantDirectoryClient::new(
                 channel(&cli.auth_url).await?,
@@ -258,98 +395,116 @@ async fn run(cli: Cli) -> Result<Value> {
             }
         }
         Cmd::Doc(cmd) => {
+            let explicit = cli.token.is_some();
             let token = cli
                 .token
                 .or_else(demo_token)
                 .context("no token: pass --token, set KEEL_TOKEN, or run `cargo xtask up` (it writes .keel/demo.json)")?;
-            let mut client = pb::document_service_client::DocumentServiceClient::new(
-                channel(&cli.gateway_url).await?,
-            );
-            match cmd {
-                DocCmd::Create {
-                    title,
-                    content,
-                    file,
-                    idempotency_key,
-                } => {
-                    let content = match (content, file) {
-                        (Some(c), _) => c,
-                        (None, Some(f)) => std::fs::read_to_string(&f)
-                            .with_context(|| format!("reading {}", f.display()))?,
-                        (None, None) => String::new(),
-                    };
-                    let d = client
-                        .create_document(authed(
-                            pb::CreateDocumentRequest {
-                                title,
-                                content,
-                                idempotency_key,
-                            },
-                            &token,
-                        )?)
-                        .await?;
-                    Ok(doc_json(d.get_ref()))
+            match doc(&cli.gateway_url, &token, &cmd).await {
+                Err(e)
+                    if !explicit
+                        && e.downcast_ref::<tonic::Status>()
+                            .is_some_and(|s| s.code() == tonic::Code::Unauthenticated) =>
+                {
+                    match refresh_demo(&cli.gateway_url).await? {
+                        Some(fresh) => doc(&cli.gateway_url, &fresh, &cmd).await,
+                        None => Err(e),
+                    }
                 }
-                DocCmd::Get { id } => {
-                    let d = client
-                        .get_document(authed(pb::GetDocumentRequest { id }, &token)?)
-                        .await?;
-                    Ok(doc_json(d.get_ref()))
-                }
-                DocCmd::List {
-                    page_size,
-                    page_token,
-                } => {
-                    let r = client
-                        .list_documents(authed(
-                            pb::ListDocumentsRequest {
-                                page_size,
-                                page_token,
-                                omit_content: true,
-                            },
-                            &token,
-                        )?)
-                        .await?;
-                    let r = r.into_inner();
-                    Ok(
-                        json!({ "documents": r.documents.iter().map(doc_json).collect::<Vec<_>>(), "next_page_token": r.next_page_token }),
-                    )
-                }
-                DocCmd::Update {
-                    id,
-                    title,
-                    content,
-                    expected_version,
-                } => {
-                    let d = client
-                        .update_document(authed(
-                            pb::UpdateDocumentRequest {
-                                id,
-                                title,
-                                content,
-                                expected_version,
-                            },
-                            &token,
-                        )?)
-                        .await?;
-                    Ok(doc_json(d.get_ref()))
-                }
-                DocCmd::Delete {
-                    id,
-                    expected_version,
-                } => {
-                    client
-                        .delete_document(authed(
-                            pb::DeleteDocumentRequest {
-                                id,
-                                expected_version,
-                            },
-                            &token,
-                        )?)
-                        .await?;
-                    Ok(json!({ "deleted": true }))
-                }
+                other => other,
             }
+        }
+    }
+}
+
+async fn doc(gateway_url: &str, token: &str, cmd: &DocCmd) -> Result<Value> {
+    let token = token.to_owned();
+    let cmd = cmd.clone();
+    let mut client =
+        pb::document_service_client::DocumentServiceClient::new(channel(gateway_url).await?);
+    match cmd {
+        DocCmd::Create {
+            title,
+            content,
+            file,
+            idempotency_key,
+        } => {
+            let content = match (content, file) {
+                (Some(c), _) => c,
+                (None, Some(f)) => std::fs::read_to_string(&f)
+                    .with_context(|| format!("reading {}", f.display()))?,
+                (None, None) => String::new(),
+            };
+            let d = client
+                .create_document(authed(
+                    pb::CreateDocumentRequest {
+                        title,
+                        content,
+                        idempotency_key,
+                    },
+                    &token,
+                )?)
+                .await?;
+            Ok(doc_json(d.get_ref()))
+        }
+        DocCmd::Get { id } => {
+            let d = client
+                .get_document(authed(pb::GetDocumentRequest { id }, &token)?)
+                .await?;
+            Ok(doc_json(d.get_ref()))
+        }
+        DocCmd::List {
+            page_size,
+            page_token,
+        } => {
+            let r = client
+                .list_documents(authed(
+                    pb::ListDocumentsRequest {
+                        page_size,
+                        page_token,
+                        omit_content: true,
+                    },
+                    &token,
+                )?)
+                .await?;
+            let r = r.into_inner();
+            Ok(
+                json!({ "documents": r.documents.iter().map(doc_json).collect::<Vec<_>>(), "next_page_token": r.next_page_token }),
+            )
+        }
+        DocCmd::Update {
+            id,
+            title,
+            content,
+            expected_version,
+        } => {
+            let d = client
+                .update_document(authed(
+                    pb::UpdateDocumentRequest {
+                        id,
+                        title,
+                        content,
+                        expected_version,
+                    },
+                    &token,
+                )?)
+                .await?;
+            Ok(doc_json(d.get_ref()))
+        }
+        DocCmd::Delete {
+            id,
+            expected_version,
+        } => {
+            client
+                .delete_document(authed(
+                    pb::DeleteDocumentRequest {
+                        id,
+                        expected_version,
+                    },
+                    &token,
+                )?)
+                .await?;
+            Ok(json!({ "deleted": true }))
         }
     }
 }

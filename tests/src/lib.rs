@@ -103,6 +103,16 @@ pub struct TestStack {
     pub gateway: Option<Host>,
 }
 
+/// A fresh random master key (standard base64 of 32 bytes).
+pub fn test_master_key() -> String {
+    use base64::Engine;
+    let bytes: [u8; 32] = keel_token::keys::random_bytes().expect("random");
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The password every test user gets.
+pub const TEST_PASSWORD: &str = "correct horse battery staple";
+
 /// The environment every service of one test shares: its databases, its stream, free ports.
 pub fn base_env(servers: &Servers, id: &str, database_urls: &[String]) -> Env {
     let mut env = Env::from_pairs([
@@ -115,7 +125,8 @@ pub fn base_env(servers: &Servers, id: &str, database_urls: &[String]) -> Env {
         ("KEEL_SHUTDOWN_GRACE", "5s".into()),
         ("KEEL_OUTBOX_INTERVAL", "50ms".into()),
         ("KEEL_DB_MAX_CONNECTIONS", "4".into()),
-        ("KEEL_GATEWAY_DEV_TOKENS", "true".into()),
+        ("KEEL_AUTH_MASTER_KEY", test_master_key()),
+        ("KEEL_AUTH_HASH_CONCURRENCY", "2".into()),
     ]);
     for svc in ["AUTH", "INFERENCE", "POSTPROC", "GATEWAY"] {
         env = env
@@ -211,6 +222,47 @@ impl TestStack {
         Ok(())
     }
 
+    /// Creates a user in `tenant` (which must exist) with the given roles.
+    pub async fn create_user(&self, tenant: &str, username: &str, roles: &[&str]) -> Result<()> {
+        let mut admin = keel_proto::auth::identity_admin_client::IdentityAdminClient::new(
+            connect(&self.auth_url()).await?,
+        );
+        admin
+            .create_user(keel_proto::auth::CreateUserRequest {
+                tenant_id: tenant.into(),
+                username: username.into(),
+                password: TEST_PASSWORD.into(),
+                roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Logs a user in through the gateway; returns (access token, refresh token).
+    pub async fn login(&self, tenant: &str, username: &str) -> Result<(String, String)> {
+        let mut auth =
+            keel_proto::public::authentication_service_client::AuthenticationServiceClient::new(
+                connect(&self.gateway_url()).await?,
+            );
+        let r = auth
+            .login(keel_proto::public::LoginRequest {
+                tenant_id: tenant.into(),
+                username: username.into(),
+                password: TEST_PASSWORD.into(),
+                client_id: "keel-tests".into(),
+            })
+            .await?
+            .into_inner();
+        Ok((r.access_token, r.refresh_token))
+    }
+
+    /// Creates the tenant and a member user, logs in, and returns the access token.
+    pub async fn tenant_token(&self, tenant: &str) -> Result<String> {
+        self.create_tenant(tenant).await?;
+        self.create_user(tenant, "member", &["member"]).await?;
+        Ok(self.login(tenant, "member").await?.0)
+    }
+
     /// A pool on physical shard `i` with the given schema on the search path.
     pub async fn shard(&self, i: usize) -> Result<sqlx::PgPool> {
         Ok(sqlx::postgres::PgPoolOptions::new()
@@ -294,12 +346,12 @@ where
     }
 }
 
-/// A request with a development token for `tenant`.
-pub fn authed<T>(msg: T, tenant: &str) -> tonic::Request<T> {
+/// A request carrying `token` as its bearer credential.
+pub fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     req.metadata_mut().insert(
         "authorization",
-        format!("Bearer dev.{tenant}").parse().expect("ascii token"),
+        format!("Bearer {token}").parse().expect("ascii token"),
     );
     req
 }

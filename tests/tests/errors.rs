@@ -18,7 +18,7 @@ fn create(title: &str, content: &str, key: &str) -> pb::CreateDocumentRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_gateway_refuses_bad_credentials_precisely() {
     let stack = TestStack::start().await.unwrap();
-    stack.create_tenant("acme").await.unwrap();
+    let tok_acme = stack.tenant_token("acme").await.unwrap();
     let mut docs = stack.documents().await.unwrap();
 
     // No credentials at all.
@@ -46,23 +46,17 @@ async fn the_gateway_refuses_bad_credentials_precisely() {
         assert_eq!(st.code(), Code::Unauthenticated, "{value}");
     }
 
-    // A token naming a tenant that does not exist, or a malformed tenant.
-    let st = docs
-        .create_document(authed(create("t", "c", ""), "ghost"))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (st.code(), reason(&st)),
-        (Code::Unauthenticated, "TENANT_UNKNOWN")
-    );
-    let st = docs
-        .create_document(authed(create("t", "c", ""), "Not_A_Tenant"))
-        .await
-        .unwrap_err();
-    assert_eq!(st.code(), Code::Unauthenticated);
+    // The foundation's development tokens are gone: nothing unsigned or self-made passes.
+    for fake in ["dev.acme", "Not_A_Tenant", "eyJhbGciOiJub25lIn0.e30."] {
+        let st = docs
+            .create_document(authed(create("t", "c", ""), fake))
+            .await
+            .unwrap_err();
+        assert_eq!(st.code(), Code::Unauthenticated, "{fake}");
+    }
 
     // A client-sent tenant header that disagrees with the token.
-    let mut req = authed(create("t", "c", ""), "acme");
+    let mut req = authed(create("t", "c", ""), &tok_acme);
     req.metadata_mut()
         .insert("keel-tenant-id", "globex".parse().unwrap());
     let st = docs.create_document(req).await.unwrap_err();
@@ -71,7 +65,7 @@ async fn the_gateway_refuses_bad_credentials_precisely() {
         (Code::PermissionDenied, "TENANT_MISMATCH")
     );
     // ...while an agreeing one is fine.
-    let mut req = authed(create("t", "c", ""), "acme");
+    let mut req = authed(create("t", "c", ""), &tok_acme);
     req.metadata_mut()
         .insert("keel-tenant-id", "acme".parse().unwrap());
     docs.create_document(req).await.unwrap();
@@ -86,7 +80,7 @@ async fn the_gateway_refuses_bad_credentials_precisely() {
         .unwrap_err();
     assert_eq!(st.code(), Code::Unauthenticated);
     let st = inference
-        .complete(authed(pb::GenerateRequest::default(), "acme"))
+        .complete(authed(pb::GenerateRequest::default(), &tok_acme))
         .await
         .unwrap_err();
     assert_eq!(st.code(), Code::Unimplemented);
@@ -96,7 +90,7 @@ async fn the_gateway_refuses_bad_credentials_precisely() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_document_input_names_the_field() {
     let stack = TestStack::start().await.unwrap();
-    stack.create_tenant("acme").await.unwrap();
+    let tok_acme = stack.tenant_token("acme").await.unwrap();
     let mut docs = stack.documents().await.unwrap();
 
     let cases: Vec<(pb::CreateDocumentRequest, &str)> = vec![
@@ -107,7 +101,10 @@ async fn bad_document_input_names_the_field() {
         (create("t", "c", "has spaces"), "idempotency_key"),
     ];
     for (req, field) in cases {
-        let st = docs.create_document(authed(req, "acme")).await.unwrap_err();
+        let st = docs
+            .create_document(authed(req, &tok_acme))
+            .await
+            .unwrap_err();
         assert_eq!(
             (st.code(), reason(&st)),
             (Code::InvalidArgument, "INVALID_ARGUMENT"),
@@ -122,7 +119,7 @@ async fn bad_document_input_names_the_field() {
         "01a24220-6186-738d-8e0b-93e05a654a2",
     ] {
         let st = docs
-            .get_document(authed(pb::GetDocumentRequest { id: id.into() }, "acme"))
+            .get_document(authed(pb::GetDocumentRequest { id: id.into() }, &tok_acme))
             .await
             .unwrap_err();
         assert_eq!(st.code(), Code::InvalidArgument, "{id:?}");
@@ -134,7 +131,7 @@ async fn bad_document_input_names_the_field() {
             pb::GetDocumentRequest {
                 id: missing.clone(),
             },
-            "acme",
+            &tok_acme,
         ))
         .await
         .unwrap_err();
@@ -151,7 +148,7 @@ async fn bad_document_input_names_the_field() {
                 page_token: "garbage".into(),
                 omit_content: false,
             },
-            "acme",
+            &tok_acme,
         ))
         .await
         .unwrap_err();
@@ -166,7 +163,7 @@ async fn bad_document_input_names_the_field() {
                 page_token: String::new(),
                 omit_content: false,
             },
-            "acme",
+            &tok_acme,
         ))
         .await
         .unwrap_err();
@@ -174,12 +171,12 @@ async fn bad_document_input_names_the_field() {
 
     // Idempotency key reused with another body; version conflicts.
     let d = docs
-        .create_document(authed(create("t", "one", "key-1"), "acme"))
+        .create_document(authed(create("t", "one", "key-1"), &tok_acme))
         .await
         .unwrap()
         .into_inner();
     let st = docs
-        .create_document(authed(create("t", "two", "key-1"), "acme"))
+        .create_document(authed(create("t", "two", "key-1"), &tok_acme))
         .await
         .unwrap_err();
     assert_eq!(
@@ -194,7 +191,7 @@ async fn bad_document_input_names_the_field() {
                 content: "x".into(),
                 expected_version: 7,
             },
-            "acme",
+            &tok_acme,
         ))
         .await
         .unwrap_err();
@@ -208,18 +205,18 @@ async fn bad_document_input_names_the_field() {
                 id: d.id.clone(),
                 expected_version: -1,
             },
-            "acme",
+            &tok_acme,
         ))
         .await
         .unwrap_err();
     assert_eq!(st.code(), Code::InvalidArgument);
 
     // Another tenant cannot see it: NOT_FOUND, not PERMISSION_DENIED (no existence oracle).
-    stack.create_tenant("globex").await.unwrap();
+    let tok_globex = stack.tenant_token("globex").await.unwrap();
     let st = docs
         .get_document(authed(
             pb::GetDocumentRequest { id: d.id.clone() },
-            "globex",
+            &tok_globex,
         ))
         .await
         .unwrap_err();
@@ -227,7 +224,7 @@ async fn bad_document_input_names_the_field() {
 
     // Nothing already accepted was lost along the way.
     let still = docs
-        .get_document(authed(pb::GetDocumentRequest { id: d.id }, "acme"))
+        .get_document(authed(pb::GetDocumentRequest { id: d.id }, &tok_acme))
         .await
         .unwrap()
         .into_inner();

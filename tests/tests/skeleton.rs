@@ -43,7 +43,7 @@ async fn stats(pool: &sqlx::PgPool, tenant: &str) -> anyhow::Result<(i64, i64, i
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn document_travels_the_whole_path_and_reads_back() {
     let stack = TestStack::start().await.unwrap();
-    stack.create_tenant("acme").await.unwrap();
+    let tok_acme = stack.tenant_token("acme").await.unwrap();
     let mut docs = stack.documents().await.unwrap();
 
     let created = docs
@@ -53,7 +53,7 @@ async fn document_travels_the_whole_path_and_reads_back() {
                 content: "héllo wörld".into(),
                 idempotency_key: "k-1".into(),
             },
-            "acme",
+            &tok_acme,
         ))
         .await
         .unwrap()
@@ -66,7 +66,7 @@ async fn document_travels_the_whole_path_and_reads_back() {
             pb::GetDocumentRequest {
                 id: created.id.clone(),
             },
-            "acme",
+            &tok_acme,
         ))
         .await
         .unwrap()
@@ -81,7 +81,7 @@ async fn document_travels_the_whole_path_and_reads_back() {
                 content: "héllo wörld".into(),
                 idempotency_key: "k-1".into(),
             },
-            "acme",
+            &tok_acme,
         ))
         .await
         .unwrap()
@@ -125,7 +125,7 @@ async fn document_travels_the_whole_path_and_reads_back() {
                 content: "more".into(),
                 expected_version: 1,
             },
-            "acme",
+            &tok_acme,
         ))
         .await
         .unwrap()
@@ -143,7 +143,7 @@ async fn document_travels_the_whole_path_and_reads_back() {
             id: created.id.clone(),
             expected_version: 2,
         },
-        "acme",
+        &tok_acme,
     ))
     .await
     .unwrap();
@@ -160,7 +160,7 @@ async fn document_travels_the_whole_path_and_reads_back() {
             pb::GetDocumentRequest {
                 id: created.id.clone(),
             },
-            "acme",
+            &tok_acme,
         ))
         .await
         .unwrap_err();
@@ -171,8 +171,8 @@ async fn document_travels_the_whole_path_and_reads_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lists_page_newest_first_without_crossing_tenants() {
     let stack = TestStack::start().await.unwrap();
-    stack.create_tenant("acme").await.unwrap();
-    stack.create_tenant("globex").await.unwrap();
+    let tok_acme = stack.tenant_token("acme").await.unwrap();
+    let tok_globex = stack.tenant_token("globex").await.unwrap();
     let mut docs = stack.documents().await.unwrap();
     let mut ids = Vec::new();
     for i in 0..5 {
@@ -183,7 +183,7 @@ async fn lists_page_newest_first_without_crossing_tenants() {
                     content: "x".into(),
                     idempotency_key: String::new(),
                 },
-                "acme",
+                &tok_acme,
             ))
             .await
             .unwrap()
@@ -196,7 +196,7 @@ async fn lists_page_newest_first_without_crossing_tenants() {
             content: "y".into(),
             idempotency_key: String::new(),
         },
-        "globex",
+        &tok_globex,
     ))
     .await
     .unwrap();
@@ -210,7 +210,7 @@ async fn lists_page_newest_first_without_crossing_tenants() {
                     page_token: token.clone(),
                     omit_content: true,
                 },
-                "acme",
+                &tok_acme,
             ))
             .await
             .unwrap()
@@ -237,7 +237,7 @@ async fn lists_page_newest_first_without_crossing_tenants() {
 async fn one_trace_spans_every_hop_and_every_span_and_line_carries_the_tenant() {
     let captured = telemetry();
     let stack = TestStack::start().await.unwrap();
-    stack.create_tenant("initech").await.unwrap();
+    let tok_initech = stack.tenant_token("initech").await.unwrap();
     let mut docs = stack.documents().await.unwrap();
     let doc = docs
         .create_document(authed(
@@ -246,7 +246,7 @@ async fn one_trace_spans_every_hop_and_every_span_and_line_carries_the_tenant() 
                 content: "x".into(),
                 idempotency_key: String::new(),
             },
-            "initech",
+            &tok_initech,
         ))
         .await
         .unwrap()
@@ -345,7 +345,7 @@ async fn a_redelivered_event_changes_nothing() {
     let stack = TestStack::start_with(|e| e.with("KEEL_NATS_DUPLICATE_WINDOW", "1s"))
         .await
         .unwrap();
-    stack.create_tenant("acme").await.unwrap();
+    let tok_acme = stack.tenant_token("acme").await.unwrap();
     let mut docs = stack.documents().await.unwrap();
     let doc = docs
         .create_document(authed(
@@ -354,7 +354,7 @@ async fn a_redelivered_event_changes_nothing() {
                 content: "x".into(),
                 idempotency_key: String::new(),
             },
-            "acme",
+            &tok_acme,
         ))
         .await
         .unwrap()

@@ -14,6 +14,7 @@ use crate::stack::{self, Profile, Stack, Stop};
 /// How long the services get to report ready (first start includes migrations).
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 const DEMO_TENANT: &str = "demo";
+const DEMO_USER: &str = "demo";
 
 struct Svc {
     name: &'static str,
@@ -132,6 +133,7 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
         "http://{}",
         setting("KEEL_INFERENCE_GRPC_ADDR", "127.0.0.1:50053")
     );
+    let master_key = persistent_secret(&keel_dir.join("master.key"))?;
     let mut children: Vec<(&'static str, Child)> = Vec::new();
     let result = (|| -> Result<()> {
         for svc in &SERVICES {
@@ -145,7 +147,7 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
                 .env(svc.admin_key, setting(svc.admin_key, svc.admin_default))
                 .env("KEEL_AUTH_URL", &auth_url)
                 .env("KEEL_INFERENCE_URL", &inference_url)
-                .env("KEEL_GATEWAY_DEV_TOKENS", "true")
+                .env("KEEL_AUTH_MASTER_KEY", &master_key)
                 .stdin(Stdio::null())
                 .stdout(out.try_clone()?)
                 .stderr(out)
@@ -199,12 +201,12 @@ keel is up ({secs:.1}s).
   postgres  {pg} (databases {dbs})   redis {redis}   nats {nats}
   logs      {logs}/<service>.log (JSON lines)
 
-  demo tenant `{DEMO_TENANT}`; token and endpoints in {demo}
+  demo tenant `{DEMO_TENANT}`, user `{DEMO_USER}` (admin), logged in: tokens in {demo}
 
   first call:
     target/debug/keelctl doc list
-    grpcurl -plaintext -H 'authorization: Bearer dev.{DEMO_TENANT}' -d '{{\"title\":\"hi\",\"content\":\"hello\"}}' \\
-      {gw_addr} keel.v1.DocumentService/CreateDocument
+    grpcurl -plaintext -H \"authorization: Bearer $(jq -r .access_token {demo})\" \\
+      -d '{{\"title\":\"hi\",\"content\":\"hello\"}}' {gw_addr} keel.v1.DocumentService/CreateDocument
 
 Ctrl-C stops everything.",
         gw_admin = setting("KEEL_GATEWAY_ADMIN_ADDR", "127.0.0.1:9091"),
@@ -250,66 +252,94 @@ fn stop_all(children: &mut Vec<(&'static str, Child)>) {
     children.clear();
 }
 
-fn demo_tenant(bin_dir: &Path, auth_url: &str, gateway_url: &str, keel_dir: &Path) -> Result<()> {
-    let keelctl = bin_dir.join("keelctl");
-    let out = Command::new(&keelctl)
-        .args([
-            "--auth-url",
-            auth_url,
-            "tenant",
-            "create",
-            DEMO_TENANT,
-            "--name",
-            "Demo tenant",
-            "--tier",
-            "pro",
-        ])
-        .output()
-        .context("running keelctl")?;
-    if !out.status.success() {
-        bail!(
-            "creating the demo tenant failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+/// A base64 secret of 32 random bytes kept in `path` (created on first use, mode 0600).
+fn persistent_secret(path: &Path) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(s) = std::fs::read_to_string(path) {
+        return Ok(s.trim().to_owned());
     }
-    let token = format!("dev.{DEMO_TENANT}");
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    let secret = base64(&bytes);
+    std::fs::write(path, &secret)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(secret)
+}
+
+/// Standard base64 (no dependency for 40 lines of xtask).
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn keelctl(bin: &Path, args: &[&str], stdin: Option<&str>) -> Result<std::process::Output> {
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running keelctl")?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes())?;
+    }
+    Ok(child.wait_with_output()?)
+}
+
+fn demo_tenant(bin_dir: &Path, auth_url: &str, gateway_url: &str, keel_dir: &Path) -> Result<()> {
+    let keelctl_bin = bin_dir.join("keelctl");
+    let out = keelctl(&keelctl_bin, &["--auth-url", auth_url, "tenant", "create", DEMO_TENANT, "--name", "Demo tenant", "--tier", "pro"], None)?;
+    if !out.status.success() {
+        bail!("creating the demo tenant failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // The demo user's password is generated once and kept with the stack's state.
+    let password = persistent_secret(&keel_dir.join("demo.password"))?;
+    let out = keelctl(&keelctl_bin, &["--auth-url", auth_url, "user", "create", DEMO_TENANT, DEMO_USER, "--role", "admin", "--password-stdin"], Some(&format!("{password}\n")))?;
+    if !out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("AlreadyExists") {
+        bail!("creating the demo user failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let demo_file = keel_dir.join("demo.json");
     let demo = serde_json::json!({
         "tenant_id": DEMO_TENANT,
-        "access_token": token,
-        "token_type": "development",
-        "note": "a development token (KEEL_GATEWAY_DEV_TOKENS=true); signed access tokens, the issuer and demo users come with the auth service",
+        "username": DEMO_USER,
+        "password_file": keel_dir.join("demo.password"),
         "endpoints": {
             "gateway_grpc": gateway_url,
             "auth_grpc": auth_url,
         },
     });
-    std::fs::write(
-        keel_dir.join("demo.json"),
-        serde_json::to_vec_pretty(&demo)?,
+    std::fs::write(&demo_file, serde_json::to_vec_pretty(&demo)?)?;
+    // A real login: the access and refresh tokens go into demo.json.
+    let out = keelctl(
+        &keelctl_bin,
+        &["--gateway-url", gateway_url, "login", "--tenant", DEMO_TENANT, "--username", DEMO_USER, "--password-stdin", "--save", demo_file.to_str().unwrap_or(".keel/demo.json")],
+        Some(&format!("{password}\n")),
     )?;
-    // One real call through the whole path, so the banner means it works.
-    let out = Command::new(&keelctl)
-        .args([
-            "--gateway-url",
-            gateway_url,
-            "--token",
-            &token,
-            "doc",
-            "create",
-            "--title",
-            "Welcome to keel",
-            "--content",
-            "Your first document.",
-            "--idempotency-key",
-            "demo-welcome",
-        ])
-        .output()
-        .context("running keelctl")?;
     if !out.status.success() {
-        bail!(
-            "the first call through the gateway failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("logging the demo user in failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let demo: serde_json::Value = serde_json::from_slice(&std::fs::read(&demo_file)?)?;
+    let token = demo["access_token"].as_str().unwrap_or_default().to_owned();
+    // One real call through the whole path, so the banner means it works.
+    let out = keelctl(
+        &keelctl_bin,
+        &["--gateway-url", gateway_url, "--token", &token, "doc", "create", "--title", "Welcome to keel", "--content", "Your first document.", "--idempotency-key", "demo-welcome"],
+        None,
+    )?;
+    if !out.status.success() {
+        bail!("the first call through the gateway failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(())
 }

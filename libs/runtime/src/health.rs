@@ -205,3 +205,18 @@ pub fn grpc_serving(name: &'static str, channel: tonic::transport::Channel) -> C
         }
     })
 }
+
+/// A check that Redis answers PING.
+pub fn redis_ping(name: &'static str, pool: deadpool_redis::Pool) -> Check {
+    Check::new(name, move || {
+        let pool = pool.clone();
+        async move {
+            let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    })
+}

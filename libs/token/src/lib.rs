@@ -74,6 +74,10 @@ impl Clock for ManualClock {
     }
 }
 
+/// The issuer base URL when a deployment configures none (`KEEL_AUTH_ISSUER_BASE`): the local
+/// auth service's HTTP port. Auth and every verifier must agree on it.
+pub const DEFAULT_ISSUER_BASE: &str = "http://127.0.0.1:8081";
+
 /// The issuer URL of a tenant: one issuer per tenant under a deployment's base URL.
 pub fn issuer(base: &str, tenant: &TenantId) -> String {
     format!("{}/t/{tenant}", base.trim_end_matches('/'))
@@ -212,6 +216,26 @@ pub fn kid_is_well_formed(kid: &str) -> bool {
         && kid
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The `kid` of a token, after the checks that need no key (size, shape, header, type). Callers
+/// use it to make sure the key is at hand (fetching it if not) before [`Verifier::verify`]; it
+/// is an opaque lookup key, trusted for nothing.
+pub fn peek_kid(token: &str) -> Result<String, TokenError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(TokenError::TooLarge);
+    }
+    let h64 = token.split('.').next().ok_or(TokenError::Malformed)?;
+    let header: Header =
+        serde_json::from_slice(&decode_segment(h64)?).map_err(|_| TokenError::Header)?;
+    let typ = header.typ.to_ascii_lowercase();
+    if typ != ACCESS_TOKEN_TYP && typ != "application/at+jwt" {
+        return Err(TokenError::Type);
+    }
+    if !kid_is_well_formed(&header.kid) {
+        return Err(TokenError::UnknownKey);
+    }
+    Ok(header.kid)
 }
 
 impl Verifier<'_> {

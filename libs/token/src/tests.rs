@@ -592,3 +592,26 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn peek_kid_checks_only_what_needs_no_key() {
+    let f = fixture();
+    assert_eq!(
+        peek_kid(&sign(&claims("acme"), &f.acme)).unwrap(),
+        f.acme.kid
+    );
+    assert_eq!(
+        peek_kid(&"a".repeat(MAX_TOKEN_BYTES + 1)),
+        Err(TokenError::TooLarge)
+    );
+    let h = json!({"alg": "EdDSA", "typ": "JWT", "kid": f.acme.kid});
+    assert_eq!(
+        peek_kid(&craft(&h, &claims_json("acme"), &f.acme)),
+        Err(TokenError::Type)
+    );
+    let h = json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "../etc/passwd"});
+    assert_eq!(
+        peek_kid(&craft(&h, &claims_json("acme"), &f.acme)),
+        Err(TokenError::UnknownKey)
+    );
+}

@@ -1,8 +1,13 @@
-//! The gRPC edge of the auth service: `keel.auth.v1.TenantDirectory`.
+//! The gRPC edge of the auth service: the tenant directory, authentication, the key directory
+//! and the operators' identity admin.
 
 use keel_proto::auth as pb;
+use keel_proto::public;
+use keel_tenancy::TenantId;
 use tonic::{Request, Response, Status};
 
+use crate::identity::Identity;
+use crate::keys::KeyStore;
 use crate::tenants::{Directory, Tenant, parse_tenant_id};
 
 pub struct TenantDirectoryService {
@@ -15,15 +20,17 @@ impl TenantDirectoryService {
     }
 }
 
+fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    keel_proto::timestamp_from_micros(t.timestamp_micros())
+}
+
 fn to_pb(t: Tenant) -> pb::Tenant {
     pb::Tenant {
         tenant_id: t.id.to_string(),
         display_name: t.display_name,
         tier: t.tier.as_str().into(),
         status: if t.active { "active" } else { "suspended" }.into(),
-        create_time: Some(keel_proto::timestamp_from_micros(
-            t.create_time.timestamp_micros(),
-        )),
+        create_time: Some(timestamp(t.create_time)),
     }
 }
 
@@ -58,5 +65,175 @@ impl pb::tenant_directory_server::TenantDirectory for TenantDirectoryService {
             tenants: tenants.into_iter().map(to_pb).collect(),
             next_page_token: next,
         }))
+    }
+}
+
+pub struct AuthenticationService {
+    identity: Identity,
+}
+
+impl AuthenticationService {
+    pub fn new(identity: Identity) -> Self {
+        AuthenticationService { identity }
+    }
+}
+
+fn issued(i: crate::identity::Issued) -> public::LoginResponse {
+    public::LoginResponse {
+        mfa_required: false,
+        mfa_token: String::new(),
+        access_token: i.access_token,
+        refresh_token: i.refresh_token,
+        expires_in_seconds: u32::try_from(i.expires_in).unwrap_or(0),
+        token_type: "Bearer".into(),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::authentication_server::Authentication for AuthenticationService {
+    async fn login(
+        &self,
+        req: Request<public::LoginRequest>,
+    ) -> Result<Response<public::LoginResponse>, Status> {
+        let r = req.into_inner();
+        let out = self
+            .identity
+            .login(&r.tenant_id, &r.username, r.password, &r.client_id)
+            .await?;
+        Ok(Response::new(issued(out)))
+    }
+
+    async fn refresh(
+        &self,
+        req: Request<public::RefreshRequest>,
+    ) -> Result<Response<public::LoginResponse>, Status> {
+        let r = req.into_inner();
+        Ok(Response::new(issued(
+            self.identity
+                .refresh(&r.refresh_token, &r.client_id)
+                .await?,
+        )))
+    }
+
+    async fn logout(
+        &self,
+        req: Request<public::LogoutRequest>,
+    ) -> Result<Response<public::LogoutResponse>, Status> {
+        self.identity.logout(&req.get_ref().refresh_token).await?;
+        Ok(Response::new(public::LogoutResponse {}))
+    }
+}
+
+fn key_pb(k: keel_token::KeyRecord) -> pb::VerificationKey {
+    pb::VerificationKey {
+        kid: k.kid.clone(),
+        tenant_id: k.tenant.to_string(),
+        alg: k.alg().into(),
+        public_key: k.public.as_bytes().to_vec(),
+        state: k.state.as_str().into(),
+        valid_from_unix: k.valid_from,
+        verify_until_unix: k.verify_until.unwrap_or(0),
+    }
+}
+
+fn not_found(kid: &str) -> Status {
+    keel_errors::status(
+        keel_errors::Reason::NotFound,
+        "no such key",
+        vec![("resource", format!("keys/{kid}"))],
+    )
+}
+
+pub struct KeyDirectoryService {
+    keys: KeyStore,
+}
+
+impl KeyDirectoryService {
+    pub fn new(keys: KeyStore) -> Self {
+        KeyDirectoryService { keys }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::key_directory_server::KeyDirectory for KeyDirectoryService {
+    async fn get_verification_key(
+        &self,
+        req: Request<pb::GetVerificationKeyRequest>,
+    ) -> Result<Response<pb::VerificationKey>, Status> {
+        let kid = &req.get_ref().kid;
+        let rec = self.keys.record(kid).await?.ok_or_else(|| not_found(kid))?;
+        Ok(Response::new(key_pb(rec)))
+    }
+
+    async fn list_verification_keys(
+        &self,
+        req: Request<pb::ListVerificationKeysRequest>,
+    ) -> Result<Response<pb::ListVerificationKeysResponse>, Status> {
+        let tenant = parse_tenant_id(&req.get_ref().tenant_id)?;
+        let keys = self.keys.published(&tenant).await?;
+        Ok(Response::new(pb::ListVerificationKeysResponse {
+            keys: keys.into_iter().map(key_pb).collect(),
+        }))
+    }
+}
+
+pub struct IdentityAdminService {
+    identity: Identity,
+}
+
+impl IdentityAdminService {
+    pub fn new(identity: Identity) -> Self {
+        IdentityAdminService { identity }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::identity_admin_server::IdentityAdmin for IdentityAdminService {
+    async fn create_user(
+        &self,
+        req: Request<pb::CreateUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let r = req.into_inner();
+        let tenant: TenantId = parse_tenant_id(&r.tenant_id)?;
+        let (id, roles, created) = self
+            .identity
+            .create_user(&tenant, &r.username, r.password, r.roles)
+            .await?;
+        Ok(Response::new(pb::User {
+            tenant_id: tenant.to_string(),
+            user_id: id.to_string(),
+            username: r.username,
+            roles,
+            create_time: Some(timestamp(created)),
+        }))
+    }
+
+    async fn rotate_signing_key(
+        &self,
+        req: Request<pb::RotateSigningKeyRequest>,
+    ) -> Result<Response<pb::VerificationKey>, Status> {
+        let r = req.into_inner();
+        let tenant = parse_tenant_id(&r.tenant_id)?;
+        self.identity.tenants.get(&tenant).await?;
+        let rec = self
+            .identity
+            .keys
+            .rotate(&tenant, i64::from(r.activate_after_seconds))
+            .await?;
+        Ok(Response::new(key_pb(rec)))
+    }
+
+    async fn revoke_signing_key(
+        &self,
+        req: Request<pb::RevokeSigningKeyRequest>,
+    ) -> Result<Response<pb::VerificationKey>, Status> {
+        let kid = &req.get_ref().kid;
+        let rec = self
+            .identity
+            .keys
+            .revoke(kid)
+            .await?
+            .ok_or_else(|| not_found(kid))?;
+        Ok(Response::new(key_pb(rec)))
     }
 }

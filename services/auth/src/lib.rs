@@ -1,35 +1,104 @@
-//! The auth service: keel's identity provider. Today it owns the tenant directory (tenants,
-//! their tier and status, each on its own shard); users, credentials, MFA, sessions and
-//! per-tenant signing keys build on the same skeleton.
+//! The auth service: keel's identity provider.
 //!
-//! * [`Config`] / [`Application`] — serves `keel.auth.v1.TenantDirectory`.
-//! * [`tenants`] — the directory; [`grpc`] — the edge.
+//! * [`tenants`] — the tenant directory (tier, status), each tenant on its own shard.
+//! * [`keys`] — per-tenant Ed25519 signing keys, sealed at rest ([`seal`]), rotated on schedule.
+//! * [`identity`] — users ([`passwords`]: argon2id), logins with race-safe throttling, sessions,
+//!   refresh-token families with reuse detection, revocation pushed to the gateway via Redis.
+//! * [`grpc`] — `TenantDirectory`, `Authentication`, `KeyDirectory`, `IdentityAdmin`.
 
 pub mod grpc;
+pub mod identity;
+pub mod keys;
+pub mod passwords;
+pub mod seal;
 pub mod tenants;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use keel_config::{ConfigError, Env};
 use keel_runtime::{Check, Host, HostConfig, HostSpec, Tasks};
 use keel_store::{Shards, StoreConfig};
+use keel_token::{Clock, SystemClock};
 
 /// Default ports: gRPC 50052, admin 9092 (HTTP 8081 is reserved for the OIDC endpoints).
 pub const DEFAULT_GRPC_PORT: u16 = 50052;
 pub const DEFAULT_ADMIN_PORT: u16 = 9092;
 pub const SCHEMA: &str = "auth";
+/// How often due key rotations are applied.
+const ROTATION_TICK: Duration = Duration::from_secs(1);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     pub host: HostConfig,
     pub store: StoreConfig,
+    pub redis_url: String,
+    /// Standard base64 of 32 random bytes; seals private keys at rest.
+    pub master_key: String,
+    pub issuer_base: String,
+    pub lifetimes: identity::Lifetimes,
+    /// Password hashes computed at once (the rest wait).
+    pub hash_concurrency: usize,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("host", &self.host)
+            .field("issuer_base", &self.issuer_base)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Config {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let master_key: String = env.required("KEEL_AUTH_MASTER_KEY")?;
+        seal::Sealer::from_base64(&master_key).map_err(|e| ConfigError::Invalid {
+            key: "KEEL_AUTH_MASTER_KEY".into(),
+            shown: "<redacted>".into(),
+            problem: e.to_string(),
+        })?;
+        let secs = |key: &str, default: i64| -> Result<i64, ConfigError> {
+            Ok(env
+                .duration(key, Duration::from_secs(default as u64))?
+                .as_secs() as i64)
+        };
+        let lifetimes = identity::Lifetimes {
+            access_secs: secs("KEEL_AUTH_ACCESS_TOKEN_TTL", identity::DEFAULT_ACCESS_SECS)?,
+            refresh_idle_secs: secs(
+                "KEEL_AUTH_REFRESH_IDLE_TTL",
+                identity::DEFAULT_REFRESH_IDLE_SECS,
+            )?,
+            refresh_absolute_secs: secs(
+                "KEEL_AUTH_REFRESH_ABSOLUTE_TTL",
+                identity::DEFAULT_REFRESH_ABSOLUTE_SECS,
+            )?,
+        };
+        if !(30..=keel_token::MAX_LIFETIME_SECS).contains(&lifetimes.access_secs) {
+            return Err(ConfigError::Invalid {
+                key: "KEEL_AUTH_ACCESS_TOKEN_TTL".into(),
+                shown: format!("{}s", lifetimes.access_secs),
+                problem: format!("must be between 30s and {}s", keel_token::MAX_LIFETIME_SECS),
+            });
+        }
         Ok(Config {
             host: HostConfig::from_env(env, "KEEL_AUTH", DEFAULT_GRPC_PORT, DEFAULT_ADMIN_PORT)?,
             store: StoreConfig::from_env(env)?,
+            redis_url: env.url("KEEL_REDIS_URL", &["redis", "rediss"])?,
+            master_key,
+            issuer_base: env.or(
+                "KEEL_AUTH_ISSUER_BASE",
+                keel_token::DEFAULT_ISSUER_BASE.to_owned(),
+            )?,
+            lifetimes,
+            hash_concurrency: env.or(
+                "KEEL_AUTH_HASH_CONCURRENCY",
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2),
+            )?,
         })
     }
 }
@@ -40,36 +109,99 @@ pub enum StartError {
     Runtime(#[from] keel_runtime::RuntimeError),
     #[error(transparent)]
     Store(#[from] keel_store::StoreError),
+    #[error("{0}")]
+    Setup(String),
 }
 
-/// Starts the service: binds its listeners, serves, runs its background work. The returned
-/// [`Host`] reports readiness and shuts everything down.
+/// Starts the service with the system clock.
 pub async fn start(cfg: Config) -> Result<Host, StartError> {
+    start_with_clock(cfg, Arc::new(SystemClock)).await
+}
+
+/// Starts the service with a given clock (tests rehearse rotations and expiry on a manual one).
+pub async fn start_with_clock(cfg: Config, clock: Arc<dyn Clock>) -> Result<Host, StartError> {
     let shards = Shards::connect_lazy(&cfg.store, SCHEMA)?;
     let dir = tenants::Directory::new(shards.clone());
+    let sealer =
+        seal::Sealer::from_base64(&cfg.master_key).map_err(|e| StartError::Setup(e.to_string()))?;
+    let keys = keys::KeyStore::new(shards.clone(), sealer, clock.clone());
+    let redis = deadpool_redis::Config::from_url(cfg.redis_url.clone())
+        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .map_err(|e| StartError::Setup(e.to_string()))?;
+    let hasher = passwords::Hasher::new(cfg.hash_concurrency).map_err(StartError::Setup)?;
+    let identity = identity::Identity {
+        shards: shards.clone(),
+        keys: keys.clone(),
+        tenants: dir.clone(),
+        hasher,
+        clock,
+        redis: redis.clone(),
+        issuer_base: cfg.issuer_base.clone(),
+        lifetimes: cfg.lifetimes.clone(),
+    };
     let routes = tonic::service::Routes::new(
         keel_proto::auth::tenant_directory_server::TenantDirectoryServer::new(
             grpc::TenantDirectoryService::new(dir),
         ),
+    )
+    .add_service(
+        keel_proto::auth::authentication_server::AuthenticationServer::new(
+            grpc::AuthenticationService::new(identity.clone()),
+        ),
+    )
+    .add_service(
+        keel_proto::auth::key_directory_server::KeyDirectoryServer::new(
+            grpc::KeyDirectoryService::new(keys.clone()),
+        ),
+    )
+    .add_service(
+        keel_proto::auth::identity_admin_server::IdentityAdminServer::new(
+            grpc::IdentityAdminService::new(identity),
+        ),
     );
     let check_shards = shards.clone();
-    let checks = vec![Check::new("postgres", move || {
-        let shards = check_shards.clone();
-        async move { shards.ready(&MIGRATOR).await }
-    })];
+    let checks = vec![
+        Check::new("postgres", move || {
+            let shards = check_shards.clone();
+            async move { shards.ready(&MIGRATOR).await }
+        }),
+        keel_runtime::health::redis_ping("redis", redis),
+    ];
+    let tasks = Tasks::new();
     let mut host = Host::start(
         &cfg.host,
         HostSpec {
             name: "auth",
-            grpc_services: vec!["keel.auth.v1.TenantDirectory"],
+            grpc_services: vec![
+                "keel.auth.v1.TenantDirectory",
+                "keel.auth.v1.Authentication",
+                "keel.auth.v1.KeyDirectory",
+                "keel.auth.v1.IdentityAdmin",
+            ],
             routes,
             checks,
             trust_tenant_header: true,
             gate: None,
         },
-        Tasks::new(),
+        tasks.clone(),
     )
     .await?;
+    let token = tasks.token();
+    let rotation_shards = shards.clone();
+    tasks.spawn("key-rotation", async move {
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep(ROTATION_TICK) => {}
+            }
+            if !rotation_shards.is_migrated() {
+                continue;
+            }
+            if let Err(e) = keys.promote_all_due().await {
+                tracing::warn!(error = %e, "key rotation tick failed");
+            }
+        }
+    });
     host.on_shutdown(async move { shards.close().await });
     Ok(host)
 }

@@ -1,20 +1,24 @@
-//! Admission for every public call: route lookup, credentials, tenant resolution, scope.
+//! Admission for every public call: route lookup, access token, revocation, tenant, scope,
+//! step-up.
 //!
-//! Order of checks: the route must exist (fail closed), anonymous routes pass, then the bearer
-//! token is parsed, its tenant resolved through the auth service's directory (cached briefly),
-//! a client-sent `keel-tenant-id` must agree with it, and the route's scope must be granted.
-//!
-//! Credentials today are development tokens (`Bearer dev.<tenant>`, all scopes), accepted only
-//! when `KEEL_GATEWAY_DEV_TOKENS=true`; signed access tokens replace them with the auth issue.
+//! Order of checks (auth.md): the route must exist (fail closed); anonymous routes (login flows)
+//! pass; then the bearer token is checked without any key (size, shape, header, `typ`), its key
+//! found by `kid` in the local cache (fetched from auth on a miss, at a bounded rate), verified
+//! with the algorithm of the key record, its claims checked and bound to the key's tenant. Then
+//! the session must not be revoked (Redis, so logout and refresh-reuse take effect within a
+//! second), the tenant must be active, a client-sent `keel-tenant-id` must agree, the route's
+//! scope must be granted, and high-risk routes need a recent MFA (RFC 9470 challenge otherwise).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use keel_errors::{Reason, reason_of, status};
+use keel_proto::auth::key_directory_client::KeyDirectoryClient;
 use keel_proto::auth::tenant_directory_client::TenantDirectoryClient;
 use keel_runtime::{Caller, Gate, GateFuture};
 use keel_tenancy::{GRPC_TENANT_HEADER, TenantId};
+use keel_token::{Clock, KeyRecord, KeySource, KeyState, SystemClock, TokenError, Verifier};
 use tonic::transport::Channel;
 
 use crate::routes::{self, Access};
@@ -23,13 +27,20 @@ use crate::routes::{self, Access};
 pub const TENANT_CACHE_TTL: Duration = Duration::from_secs(5);
 /// Cache "no such tenant" for less time, so a tenant created a moment ago becomes usable fast.
 const NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(1);
-/// Bound on the cache, so a flood of made-up tenant IDs cannot grow memory without limit.
-const TENANT_CACHE_CAPACITY: usize = 10_000;
-/// Deadline for the directory lookup.
+/// Bound on each cache, so made-up tenants or kids cannot grow memory without limit.
+const CACHE_CAPACITY: usize = 10_000;
+/// Deadline for lookups in the auth service.
 const DIRECTORY_TIMEOUT: Duration = Duration::from_secs(2);
-/// Largest `authorization` value considered at all (tokens are far smaller).
-const MAX_AUTHORIZATION_BYTES: usize = 8 * 1024;
-const DEV_TOKEN_PREFIX: &str = "dev.";
+/// A known key is re-read from auth this often, so a revocation reaches the gateway within it.
+const KEY_REFRESH: Duration = Duration::from_secs(10);
+/// An unknown kid is asked about again only after this long (no refetch storms per kid)...
+const UNKNOWN_KID_TTL: Duration = Duration::from_secs(5);
+/// ...and at most this many key fetches happen per second overall (no storms across kids).
+const KEY_FETCHES_PER_SECOND: u32 = 20;
+/// A session seen not revoked is trusted for this long before Redis is asked again.
+const SESSION_CHECK_TTL: Duration = Duration::from_millis(500);
+/// Model export needs an MFA no older than this (RFC 9470 `max_age`).
+pub const STEP_UP_MAX_AGE_SECS: i64 = 300;
 
 #[derive(Clone, Debug)]
 enum Resolved {
@@ -38,92 +49,242 @@ enum Resolved {
     Unknown,
 }
 
+struct KeyCache {
+    entries: HashMap<String, (Instant, Option<KeyRecord>)>,
+    window: Instant,
+    fetches: u32,
+}
+
+impl KeySource for KeyCache {
+    fn key(&self, kid: &str) -> Result<Option<KeyRecord>, TokenError> {
+        Ok(self.entries.get(kid).and_then(|(_, k)| k.clone()))
+    }
+}
+
 pub struct AuthGate {
-    dev_tokens: bool,
+    issuer_base: String,
     directory: TenantDirectoryClient<Channel>,
-    cache: Mutex<HashMap<TenantId, (Instant, Resolved)>>,
+    key_directory: KeyDirectoryClient<Channel>,
+    redis: deadpool_redis::Pool,
+    tenants: Mutex<HashMap<TenantId, (Instant, Resolved)>>,
+    keys: Mutex<KeyCache>,
+    sessions: Mutex<HashMap<String, Instant>>,
+    clock: SystemClock,
 }
 
 fn unauthenticated(msg: &str) -> tonic::Status {
     let mut st = status(Reason::Unauthenticated, msg, Vec::new());
     st.metadata_mut().insert(
         "www-authenticate",
-        tonic::metadata::MetadataValue::from_static("Bearer realm=\"keel\""),
+        tonic::metadata::MetadataValue::from_static(
+            "Bearer realm=\"keel\", error=\"invalid_token\"",
+        ),
     );
     st
 }
 
+fn unavailable(dependency: &str) -> tonic::Status {
+    status(
+        Reason::Unavailable,
+        format!("{dependency} is unavailable; retry shortly"),
+        vec![("dependency", dependency.into())],
+    )
+}
+
+fn bounded_insert<K: std::hash::Hash + Eq, V>(
+    map: &mut HashMap<K, V>,
+    k: K,
+    v: V,
+    keep: impl FnMut(&K, &mut V) -> bool,
+) {
+    if map.len() >= CACHE_CAPACITY {
+        map.retain(keep);
+        if map.len() >= CACHE_CAPACITY {
+            map.clear();
+        }
+    }
+    map.insert(k, v);
+}
+
 impl AuthGate {
-    pub fn new(dev_tokens: bool, auth: Channel) -> Self {
+    pub fn new(issuer_base: String, auth: Channel, redis: deadpool_redis::Pool) -> Self {
         AuthGate {
-            dev_tokens,
-            directory: TenantDirectoryClient::new(auth),
-            cache: Mutex::new(HashMap::new()),
+            issuer_base,
+            directory: TenantDirectoryClient::new(auth.clone()),
+            key_directory: KeyDirectoryClient::new(auth),
+            redis,
+            tenants: Mutex::new(HashMap::new()),
+            keys: Mutex::new(KeyCache {
+                entries: HashMap::new(),
+                window: Instant::now(),
+                fetches: 0,
+            }),
+            sessions: Mutex::new(HashMap::new()),
+            clock: SystemClock,
         }
     }
 
-    fn cached(&self, t: &TenantId) -> Option<Resolved> {
-        let cache = self.cache.lock().ok()?;
-        let (at, r) = cache.get(t)?;
-        let ttl = match r {
-            Resolved::Unknown => NEGATIVE_CACHE_TTL,
-            _ => TENANT_CACHE_TTL,
-        };
-        (at.elapsed() < ttl).then(|| r.clone())
-    }
-
-    async fn resolve(&self, t: &TenantId) -> Result<Resolved, tonic::Status> {
-        if let Some(r) = self.cached(t) {
-            return Ok(r);
-        }
-        let mut req = tonic::Request::new(keel_proto::auth::GetTenantRequest {
-            tenant_id: t.to_string(),
-        });
+    fn with_tenant<T>(req: &mut tonic::Request<T>, t: &TenantId) {
         req.set_timeout(DIRECTORY_TIMEOUT);
-        // On behalf of this tenant: the directory's spans and logs carry it too.
         if let Ok(v) = tonic::metadata::MetadataValue::try_from(t.as_str()) {
             req.metadata_mut().insert(GRPC_TENANT_HEADER, v);
         }
         keel_telemetry::propagation::inject_grpc(req.metadata_mut());
+    }
+
+    async fn resolve(&self, t: &TenantId) -> Result<Resolved, tonic::Status> {
+        if let Ok(cache) = self.tenants.lock()
+            && let Some((at, r)) = cache.get(t)
+        {
+            let ttl = if matches!(r, Resolved::Unknown) {
+                NEGATIVE_CACHE_TTL
+            } else {
+                TENANT_CACHE_TTL
+            };
+            if at.elapsed() < ttl {
+                return Ok(r.clone());
+            }
+        }
+        let mut req = tonic::Request::new(keel_proto::auth::GetTenantRequest {
+            tenant_id: t.to_string(),
+        });
+        Self::with_tenant(&mut req, t);
         let resolved = match self.directory.clone().get_tenant(req).await {
             Ok(resp) if resp.get_ref().status == "active" => Resolved::Active,
             Ok(_) => Resolved::Suspended,
             Err(st) if reason_of(&st) == Reason::TenantUnknown => Resolved::Unknown,
             Err(st) => {
                 tracing::warn!(code = ?st.code(), message = st.message(), "tenant directory unavailable");
-                return Err(status(
-                    Reason::Unavailable,
-                    "the tenant directory is unavailable; retry shortly",
-                    vec![("dependency", "auth".into())],
-                ));
+                return Err(unavailable("auth"));
             }
         };
-        if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() >= TENANT_CACHE_CAPACITY {
-                cache.retain(|_, (at, _)| at.elapsed() < TENANT_CACHE_TTL);
-                if cache.len() >= TENANT_CACHE_CAPACITY {
-                    cache.clear();
-                }
-            }
-            cache.insert(t.clone(), (Instant::now(), resolved.clone()));
+        if let Ok(mut cache) = self.tenants.lock() {
+            bounded_insert(
+                &mut cache,
+                t.clone(),
+                (Instant::now(), resolved.clone()),
+                |_, (at, _)| at.elapsed() < TENANT_CACHE_TTL,
+            );
         }
         Ok(resolved)
     }
 
-    /// Parses the bearer credential into the caller it claims to be.
-    fn credential(
+    /// Makes sure the key cache has a fresh answer for `kid` (fetching at a bounded rate).
+    async fn ensure_key(&self, kid: &str) -> Result<(), tonic::Status> {
+        {
+            let Ok(mut cache) = self.keys.lock() else {
+                return Err(unavailable("key cache"));
+            };
+            let fresh = match cache.entries.get(kid) {
+                Some((at, Some(_))) => at.elapsed() < KEY_REFRESH,
+                Some((at, None)) => at.elapsed() < UNKNOWN_KID_TTL,
+                None => false,
+            };
+            if fresh {
+                return Ok(());
+            }
+            if cache.window.elapsed() >= Duration::from_secs(1) {
+                cache.window = Instant::now();
+                cache.fetches = 0;
+            }
+            if cache.fetches >= KEY_FETCHES_PER_SECOND {
+                // Over budget: use what we have (a known key keeps working until refreshed).
+                return Ok(());
+            }
+            cache.fetches += 1;
+        }
+        let mut req = tonic::Request::new(keel_proto::auth::GetVerificationKeyRequest {
+            kid: kid.to_owned(),
+        });
+        req.set_timeout(DIRECTORY_TIMEOUT);
+        let fetched = match self.key_directory.clone().get_verification_key(req).await {
+            Ok(resp) => {
+                let k = resp.into_inner();
+                let public: Option<[u8; 32]> = k.public_key.try_into().ok();
+                match (
+                    TenantId::parse(&k.tenant_id),
+                    public.and_then(|p| ed25519_dalek::VerifyingKey::from_bytes(&p).ok()),
+                    KeyState::parse(&k.state),
+                ) {
+                    (Ok(tenant), Some(public), Some(state))
+                        if k.alg == keel_token::ALG_EDDSA && k.kid == kid =>
+                    {
+                        Some(KeyRecord {
+                            kid: k.kid,
+                            tenant,
+                            public,
+                            state,
+                            valid_from: k.valid_from_unix,
+                            verify_until: (k.verify_until_unix > 0).then_some(k.verify_until_unix),
+                        })
+                    }
+                    _ => None,
+                }
+            }
+            Err(st) if st.code() == tonic::Code::NotFound => None,
+            Err(st) => {
+                tracing::warn!(code = ?st.code(), message = st.message(), "key directory unavailable");
+                // Keep serving with a key we already know; refuse only what we cannot check.
+                let known = self
+                    .keys
+                    .lock()
+                    .map(|c| c.entries.get(kid).is_some_and(|(_, k)| k.is_some()))
+                    .unwrap_or(false);
+                return if known {
+                    Ok(())
+                } else {
+                    Err(unavailable("auth"))
+                };
+            }
+        };
+        if let Ok(mut cache) = self.keys.lock() {
+            bounded_insert(
+                &mut cache.entries,
+                kid.to_owned(),
+                (Instant::now(), fetched),
+                |_, (at, _)| at.elapsed() < KEY_REFRESH,
+            );
+        }
+        Ok(())
+    }
+
+    async fn session_revoked(&self, tenant: &TenantId, sid: &str) -> Result<bool, tonic::Status> {
+        let cache_key = format!("{tenant}/{sid}");
+        if let Ok(cache) = self.sessions.lock()
+            && cache
+                .get(&cache_key)
+                .is_some_and(|at| at.elapsed() < SESSION_CHECK_TTL)
+        {
+            return Ok(false);
+        }
+        let mut conn = self.redis.get().await.map_err(|_| unavailable("redis"))?;
+        let revoked: bool = redis::cmd("EXISTS")
+            .arg(tenant.redis_key("keel:revoked", sid))
+            .query_async(&mut conn)
+            .await
+            .map_err(|_| unavailable("redis"))?;
+        if !revoked && let Ok(mut cache) = self.sessions.lock() {
+            bounded_insert(&mut cache, cache_key, Instant::now(), |_, at| {
+                at.elapsed() < SESSION_CHECK_TTL
+            });
+        }
+        Ok(revoked)
+    }
+
+    /// Verifies the bearer token into the caller it proves.
+    async fn authenticate(
         &self,
         headers: &http::HeaderMap,
-    ) -> Result<(TenantId, String, Vec<String>), tonic::Status> {
+    ) -> Result<keel_token::Verified, tonic::Status> {
         let raw = headers.get(http::header::AUTHORIZATION).ok_or_else(|| {
             unauthenticated("the `authorization` metadata is required: `Bearer <access token>`")
         })?;
-        if raw.len() > MAX_AUTHORIZATION_BYTES {
-            return Err(unauthenticated("the `authorization` metadata is too large"));
+        if raw.len() > keel_token::MAX_TOKEN_BYTES + 16 {
+            return Err(unauthenticated("the access token is not valid"));
         }
         let value = raw
             .to_str()
-            .map_err(|_| unauthenticated("the `authorization` metadata is not ASCII"))?;
+            .map_err(|_| unauthenticated("the access token is not valid"))?;
         let (scheme, token) = value.split_once(' ').ok_or_else(|| {
             unauthenticated("the `authorization` metadata must be `Bearer <access token>`")
         })?;
@@ -132,20 +293,50 @@ impl AuthGate {
                 "the `authorization` metadata must be `Bearer <access token>`",
             ));
         }
-        match token.strip_prefix(DEV_TOKEN_PREFIX) {
-            Some(tenant) if self.dev_tokens => {
-                let tenant = TenantId::parse(tenant).map_err(|_| {
-                    unauthenticated("the development token names a malformed tenant ID")
-                })?;
-                Ok((
-                    tenant.clone(),
-                    format!("dev:{tenant}"),
-                    vec!["*".to_owned()],
-                ))
+        let kid = keel_token::peek_kid(token).map_err(|e| reject(&e))?;
+        self.ensure_key(&kid).await?;
+        let verified = {
+            let cache = self.keys.lock().map_err(|_| unavailable("key cache"))?;
+            Verifier {
+                issuer_base: &self.issuer_base,
+                clock: &self.clock,
             }
-            _ => Err(unauthenticated("the access token is not valid")),
+            .verify(token, &*cache)
+            .map_err(|e| reject(&e))?
+        };
+        if self
+            .session_revoked(&verified.tenant, &verified.claims.sid)
+            .await?
+        {
+            return Err(unauthenticated("the access token is not valid"));
         }
+        Ok(verified)
     }
+}
+
+fn reject(e: &TokenError) -> tonic::Status {
+    // Why is for the logs; the client learns only that the token is not valid.
+    tracing::info!(reason = %e, "access token refused");
+    if *e == TokenError::KeysUnavailable {
+        return unavailable("auth");
+    }
+    unauthenticated("the access token is not valid")
+}
+
+/// RFC 9470 §3: the challenge for a call that needs a stronger or more recent authentication.
+fn step_up_challenge() -> tonic::Status {
+    let mut st = status(
+        Reason::Unauthenticated,
+        "this call needs a recent multi-factor authentication (step-up)",
+        vec![("scope", "acr=mfa".into())],
+    );
+    let challenge = format!(
+        "Bearer error=\"insufficient_user_authentication\", error_description=\"A recent multi-factor authentication is required\", acr_values=\"mfa\", max_age={STEP_UP_MAX_AGE_SECS}"
+    );
+    if let Ok(v) = tonic::metadata::MetadataValue::try_from(challenge) {
+        st.metadata_mut().insert("www-authenticate", v);
+    }
+    st
 }
 
 impl Gate for AuthGate {
@@ -161,12 +352,14 @@ impl Gate for AuthGate {
                     Vec::new(),
                 )
             })?;
-            let scope = match route.access {
-                // Anonymous flows carry no caller; the auth issue serves them.
+            let (scope, step_up) = match route.access {
+                // Login flows carry no caller.
                 Access::Anonymous => return Ok(None),
-                Access::Token(s) | Access::StepUp(s) => s,
+                Access::Token(s) => (s, false),
+                Access::StepUp(s) => (s, true),
             };
-            let (tenant, subject, scopes) = self.credential(headers)?;
+            let verified = self.authenticate(headers).await?;
+            let tenant = verified.tenant.clone();
             match self.resolve(&tenant).await? {
                 Resolved::Active => {}
                 Resolved::Unknown => {
@@ -193,17 +386,24 @@ impl Gate for AuthGate {
                     vec![("field", GRPC_TENANT_HEADER.into())],
                 ));
             }
-            if !scopes.iter().any(|s| s == "*" || s == scope) {
+            let claims = &verified.claims;
+            if !claims.scopes().any(|s| s == scope) {
                 return Err(status(
                     Reason::PermissionDenied,
                     format!("the token lacks the `{scope}` scope"),
                     vec![("scope", scope.into())],
                 ));
             }
+            if step_up
+                && (claims.acr != "mfa"
+                    || self.clock.now() - claims.auth_time > STEP_UP_MAX_AGE_SECS)
+            {
+                return Err(step_up_challenge());
+            }
             Ok(Some(Caller {
                 tenant,
-                subject,
-                scopes,
+                subject: claims.sub.clone(),
+                scopes: claims.scopes().map(str::to_owned).collect(),
             }))
         })
     }

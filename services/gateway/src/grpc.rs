@@ -125,6 +125,76 @@ impl pb::document_service_server::DocumentService for DocumentGateway {
     }
 }
 
+/// `keel.v1.AuthenticationService`: the login flows, forwarded to auth (anonymous routes: the
+/// gate admits them without a caller).
+pub struct AuthenticationGateway {
+    auth: keel_proto::auth::authentication_client::AuthenticationClient<Channel>,
+    timeout: Duration,
+}
+
+impl AuthenticationGateway {
+    pub fn new(auth: Channel, timeout: Duration) -> Self {
+        AuthenticationGateway {
+            auth: keel_proto::auth::authentication_client::AuthenticationClient::new(auth),
+            timeout,
+        }
+    }
+
+    fn upstream<T>(&self, req: Request<T>) -> Request<T> {
+        let mut up = Request::new(req.into_inner());
+        up.set_timeout(self.timeout);
+        keel_telemetry::propagation::inject_grpc(up.metadata_mut());
+        up
+    }
+}
+
+#[tonic::async_trait]
+impl pb::authentication_service_server::AuthenticationService for AuthenticationGateway {
+    async fn login(
+        &self,
+        req: Request<pb::LoginRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        self.auth
+            .clone()
+            .login(self.upstream(req))
+            .await
+            .map_err(keel_errors::forward)
+    }
+
+    async fn verify_mfa(
+        &self,
+        _req: Request<pb::VerifyMfaRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        Err(keel_errors::status(
+            keel_errors::Reason::NotImplemented,
+            "multi-factor authentication is not available yet",
+            Vec::new(),
+        ))
+    }
+
+    async fn refresh(
+        &self,
+        req: Request<pb::RefreshRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        self.auth
+            .clone()
+            .refresh(self.upstream(req))
+            .await
+            .map_err(keel_errors::forward)
+    }
+
+    async fn logout(
+        &self,
+        req: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        self.auth
+            .clone()
+            .logout(self.upstream(req))
+            .await
+            .map_err(keel_errors::forward)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

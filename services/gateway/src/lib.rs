@@ -31,7 +31,8 @@ pub struct Config {
     pub host: HostConfig,
     pub auth_url: String,
     pub inference_url: String,
-    pub dev_tokens: bool,
+    pub redis_url: String,
+    pub issuer_base: String,
     pub upstream_timeout: Duration,
 }
 
@@ -41,7 +42,11 @@ impl Config {
             host: HostConfig::from_env(env, "KEEL_GATEWAY", DEFAULT_GRPC_PORT, DEFAULT_ADMIN_PORT)?,
             auth_url: env.url("KEEL_AUTH_URL", &["http", "https"])?,
             inference_url: env.url("KEEL_INFERENCE_URL", &["http", "https"])?,
-            dev_tokens: env.bool("KEEL_GATEWAY_DEV_TOKENS", false)?,
+            redis_url: env.url("KEEL_REDIS_URL", &["redis", "rediss"])?,
+            issuer_base: env.or(
+                "KEEL_AUTH_ISSUER_BASE",
+                keel_token::DEFAULT_ISSUER_BASE.to_owned(),
+            )?,
             upstream_timeout: env
                 .duration("KEEL_GATEWAY_UPSTREAM_TIMEOUT", DEFAULT_UPSTREAM_TIMEOUT)?,
         })
@@ -52,6 +57,8 @@ impl Config {
 pub enum StartError {
     #[error(transparent)]
     Runtime(#[from] keel_runtime::RuntimeError),
+    #[error("redis configuration: {0}")]
+    Redis(String),
     #[error("upstream URL {url} is invalid: {source}")]
     Upstream {
         url: String,
@@ -73,30 +80,38 @@ fn channel(url: &str) -> Result<Channel, StartError> {
 /// Starts the service: binds its listeners, serves, runs its background work. The returned
 /// [`Host`] reports readiness and shuts everything down.
 pub async fn start(cfg: Config) -> Result<Host, StartError> {
-    if cfg.dev_tokens {
-        tracing::warn!(
-            "development tokens are accepted (KEEL_GATEWAY_DEV_TOKENS=true); never in production"
-        );
-    }
     let auth = channel(&cfg.auth_url)?;
     let inference = channel(&cfg.inference_url)?;
+    let redis = deadpool_redis::Config::from_url(cfg.redis_url.clone())
+        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .map_err(|e| StartError::Redis(e.to_string()))?;
     let routes = tonic::service::Routes::new(
         keel_proto::public::document_service_server::DocumentServiceServer::new(
             grpc::DocumentGateway::new(inference.clone(), cfg.upstream_timeout),
+        ),
+    )
+    .add_service(
+        keel_proto::public::authentication_service_server::AuthenticationServiceServer::new(
+            grpc::AuthenticationGateway::new(auth.clone(), cfg.upstream_timeout),
         ),
     );
     let host = Host::start(
         &cfg.host,
         HostSpec {
             name: "gateway",
-            grpc_services: vec!["keel.v1.DocumentService"],
+            grpc_services: vec!["keel.v1.DocumentService", "keel.v1.AuthenticationService"],
             routes,
             checks: vec![
                 grpc_serving("auth", auth.clone()),
                 grpc_serving("inference", inference),
+                keel_runtime::health::redis_ping("redis", redis.clone()),
             ],
             trust_tenant_header: false,
-            gate: Some(Arc::new(gate::AuthGate::new(cfg.dev_tokens, auth))),
+            gate: Some(Arc::new(gate::AuthGate::new(
+                cfg.issuer_base.clone(),
+                auth,
+                redis,
+            ))),
         },
         Tasks::new(),
     )

@@ -10,6 +10,7 @@ fn run(env: &[(&str, &str)]) -> (Option<i32>, String, Duration) {
     let started = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_keel-gateway"))
         .env_clear()
+        .env("KEEL_REDIS_URL", "redis://127.0.0.1:1")
         .envs(env.iter().copied())
         .output()
         .expect("the binary runs");
@@ -70,9 +71,9 @@ fn missing_and_malformed_settings_are_refused_before_binding() {
                 ok_urls[0],
                 ok_urls[1],
                 ("KEEL_GATEWAY_GRPC_ADDR", &addr),
-                ("KEEL_GATEWAY_DEV_TOKENS", "maybe"),
+                ("KEEL_REDIS_URL", "http://not-redis"),
             ],
-            "KEEL_GATEWAY_DEV_TOKENS",
+            "KEEL_REDIS_URL",
         ),
     ];
     for (env, expect) in cases {

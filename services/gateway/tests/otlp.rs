@@ -84,6 +84,7 @@ fn start_gateway(otlp: &str, grpc: &str) -> Child {
         .env_clear()
         .env("KEEL_AUTH_URL", "http://127.0.0.1:1")
         .env("KEEL_INFERENCE_URL", "http://127.0.0.1:1")
+        .env("KEEL_REDIS_URL", "redis://127.0.0.1:1")
         .env("KEEL_GATEWAY_GRPC_ADDR", grpc)
         .env("KEEL_GATEWAY_ADMIN_ADDR", "127.0.0.1:0")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)

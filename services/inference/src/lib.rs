@@ -11,8 +11,6 @@ pub mod error;
 pub mod grpc;
 pub mod outbox;
 
-use std::time::Duration;
-
 use keel_bus::{Bus, BusConfig};
 use keel_config::{ConfigError, Env};
 use keel_runtime::{Check, Host, HostConfig, HostSpec, Tasks};
@@ -69,9 +67,6 @@ pub enum StartError {
     Redis(String),
 }
 
-/// Redis PING deadline for readiness.
-const REDIS_PING_TIMEOUT: Duration = Duration::from_secs(1);
-
 /// Starts the service: binds its listeners, serves, runs its background work. The returned
 /// [`Host`] reports readiness and shuts everything down.
 pub async fn start(cfg: Config) -> Result<Host, StartError> {
@@ -106,20 +101,7 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
                 }
             })
         },
-        Check::new("redis", move || {
-            let redis = redis.clone();
-            async move {
-                let mut conn = tokio::time::timeout(REDIS_PING_TIMEOUT, redis.get())
-                    .await
-                    .map_err(|_| "redis pool timed out".to_owned())?
-                    .map_err(|e| e.to_string())?;
-                redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
-        }),
+        keel_runtime::health::redis_ping("redis", redis),
     ];
     let mut host = Host::start(
         &cfg.host,

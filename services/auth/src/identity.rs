@@ -1,0 +1,628 @@
+//! Users, logins, sessions and refresh-token families.
+//!
+//! * Login: the attempt is *reserved* (the failure counter incremented atomically, refused past
+//!   the limit or while locked) before the password is checked, so parallel guesses can never
+//!   exceed the limit; success resets it. Unknown user, wrong password, locked or disabled
+//!   account all answer the same, after the same argon2 work.
+//! * Refresh: `UPDATE … SET state = 'used' WHERE state = 'active'` is the one atomic step; of N
+//!   concurrent redemptions one wins, and every other presentation of a used token revokes the
+//!   whole family and its session (no grace window, so there is nothing to bypass: R-4…R-6).
+//! * Revocation reaches the gateway through Redis (`keel:revoked:<tenant>:<sid>`), which it
+//!   consults on every call.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use keel_errors::{KeelError, Reason};
+use keel_store::{Shards, StoreError};
+use keel_tenancy::TenantId;
+use keel_token::{AccessClaims, Clock};
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::keys::KeyStore;
+use crate::passwords::{self, Hasher};
+use crate::tenants::Directory;
+
+/// NIST 800-63B §5.2.2: at most 100 consecutive failed attempts per account.
+pub const MAX_FAILED_LOGINS: i32 = 100;
+/// Failures allowed before delays start.
+const FREE_FAILURES: i32 = 5;
+/// Longest delay between attempts once delays apply.
+const MAX_LOCK_SECS: i64 = 900;
+/// Prefix of revoked-session keys in Redis.
+pub const REVOKED_PREFIX: &str = "keel:revoked";
+const REFRESH_PREFIX: &str = "rt1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{field}: {problem}")]
+    InvalidArgument {
+        field: &'static str,
+        problem: String,
+    },
+    /// Deliberately vague: the same for every login failure.
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    /// RFC 6749 `invalid_grant`: the refresh token is unknown, used, expired or revoked.
+    #[error("the refresh token is not valid")]
+    InvalidGrant,
+    #[error("user {0} already exists")]
+    UserExists(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(&'static str),
+    #[error("revocation store unavailable: {0}")]
+    Redis(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Tenant(#[from] crate::tenants::Error),
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Error::Store(e.into())
+    }
+}
+
+impl KeelError for Error {
+    fn reason(&self) -> Reason {
+        match self {
+            Error::InvalidArgument { .. } => Reason::InvalidArgument,
+            Error::InvalidCredentials | Error::InvalidGrant => Reason::Unauthenticated,
+            Error::UserExists(_) => Reason::IdempotencyKeyReused,
+            Error::Corrupt(_) => Reason::Internal,
+            Error::Redis(_) => Reason::Unavailable,
+            Error::Store(e) => e.reason(),
+            Error::Tenant(e) => e.reason(),
+        }
+    }
+    fn details(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Error::InvalidArgument { field, .. } => vec![("field", (*field).into())],
+            Error::Store(e) => e.details(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        keel_errors::to_status(&e)
+    }
+}
+
+fn invalid(field: &'static str, problem: impl Into<String>) -> Error {
+    Error::InvalidArgument {
+        field,
+        problem: problem.into(),
+    }
+}
+
+fn ts(secs: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(secs, 0).unwrap_or_default()
+}
+
+fn random_token<const N: usize>() -> Result<String, Error> {
+    keel_token::keys::random_bytes::<N>()
+        .map(|b| URL_SAFE_NO_PAD.encode(b))
+        .map_err(|_| Error::Corrupt("random source"))
+}
+
+fn hash_token(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// Scopes granted by roles.
+pub fn scopes_for(roles: &[String]) -> String {
+    let mut s: Vec<&str> = vec![
+        "documents:read",
+        "documents:write",
+        "inference",
+        "models:read",
+        "usage:read",
+    ];
+    if roles.iter().any(|r| r == "admin") {
+        s.push("models:export");
+    }
+    s.join(" ")
+}
+
+pub const ROLES: &[&str] = &["admin", "member"];
+
+/// Token lifetimes.
+#[derive(Debug, Clone)]
+pub struct Lifetimes {
+    pub access_secs: i64,
+    pub refresh_idle_secs: i64,
+    pub refresh_absolute_secs: i64,
+}
+
+/// RFC 9068 suggests short access tokens; 5 minutes bounds the damage of a leaked one.
+pub const DEFAULT_ACCESS_SECS: i64 = 300;
+/// A refresh family unused for 7 days dies (ASVS 7.3.1 inactivity).
+pub const DEFAULT_REFRESH_IDLE_SECS: i64 = 7 * 86400;
+/// And every family dies 30 days after login, used or not (ASVS 10.4.8 absolute expiry).
+pub const DEFAULT_REFRESH_ABSOLUTE_SECS: i64 = 30 * 86400;
+
+pub struct Issued {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub expires_in: i64,
+}
+
+#[derive(Clone)]
+pub struct Identity {
+    pub shards: Shards,
+    pub keys: KeyStore,
+    pub tenants: Directory,
+    pub hasher: Hasher,
+    pub clock: Arc<dyn Clock>,
+    pub redis: deadpool_redis::Pool,
+    pub issuer_base: String,
+    pub lifetimes: Lifetimes,
+}
+
+struct SessionInfo {
+    sid: String,
+    user_id: Uuid,
+    client_id: String,
+    acr: String,
+    amr: Vec<String>,
+    auth_time: i64,
+    roles: Vec<String>,
+}
+
+impl Identity {
+    pub async fn create_user(
+        &self,
+        tenant: &TenantId,
+        username: &str,
+        password: String,
+        roles: Vec<String>,
+    ) -> Result<(Uuid, Vec<String>, DateTime<Utc>), Error> {
+        if username.is_empty()
+            || username.chars().count() > 128
+            || username.chars().any(char::is_control)
+        {
+            return Err(invalid("username", "must be 1 to 128 printable characters"));
+        }
+        passwords::check_policy(&password).map_err(|p| invalid("password", p))?;
+        let roles = if roles.is_empty() {
+            vec!["member".to_owned()]
+        } else {
+            roles
+        };
+        if let Some(r) = roles.iter().find(|r| !ROLES.contains(&r.as_str())) {
+            return Err(invalid(
+                "roles",
+                format!("unknown role {r:?}; use admin or member"),
+            ));
+        }
+        self.tenants.get(tenant).await?;
+        let hash = self
+            .hasher
+            .hash(password)
+            .await
+            .map_err(|_| Error::Corrupt("hashing"))?;
+        let id = Uuid::now_v7();
+        let row = sqlx::query(
+            "INSERT INTO users (tenant_id, user_id, username, password_hash, roles) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (tenant_id, username) DO NOTHING RETURNING create_time",
+        )
+        .bind(tenant.as_str())
+        .bind(id)
+        .bind(username)
+        .bind(hash)
+        .bind(&roles)
+        .fetch_optional(self.shards.pool(tenant))
+        .await?
+        .ok_or_else(|| Error::UserExists(username.to_owned()))?;
+        Ok((id, roles, row.try_get("create_time")?))
+    }
+
+    pub async fn login(
+        &self,
+        tenant_raw: &str,
+        username: &str,
+        password: String,
+        client_id: &str,
+    ) -> Result<Issued, Error> {
+        let tenant =
+            TenantId::parse(tenant_raw).map_err(|e| invalid("tenant_id", e.to_string()))?;
+        if client_id.is_empty() || client_id.len() > 128 {
+            return Err(invalid("client_id", "must be 1 to 128 characters"));
+        }
+        if username.len() > 512 || password.len() > passwords::MAX_PASSWORD_BYTES {
+            // Still costs one hash, like every other failure.
+            self.hasher.verify(password, None).await;
+            return Err(Error::InvalidCredentials);
+        }
+        let now = self.clock.now();
+        let tier = match self.tenants.get(&tenant).await {
+            Ok(t) if t.active => t.tier.as_str(),
+            Ok(_) | Err(crate::tenants::Error::Unknown(_)) => {
+                self.hasher.verify(password, None).await;
+                return Err(Error::InvalidCredentials);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // Reserve the attempt before checking the password (race-safe limit).
+        let reserved = sqlx::query(
+            "UPDATE users SET failed_logins = failed_logins + 1
+             WHERE tenant_id = $1 AND username = $2 AND NOT disabled
+               AND failed_logins < $3 AND (locked_until IS NULL OR locked_until <= $4)
+             RETURNING user_id, password_hash, roles, failed_logins",
+        )
+        .bind(tenant.as_str())
+        .bind(username)
+        .bind(MAX_FAILED_LOGINS)
+        .bind(ts(now))
+        .fetch_optional(self.shards.pool(&tenant))
+        .await?;
+        let Some(row) = reserved else {
+            self.hasher.verify(password, None).await;
+            tracing::info!(tenant = %tenant, "login refused");
+            return Err(Error::InvalidCredentials);
+        };
+        let user_id: Uuid = row.try_get("user_id")?;
+        let stored: String = row.try_get("password_hash")?;
+        let roles: Vec<String> = row.try_get("roles")?;
+        let failures: i32 = row.try_get("failed_logins")?;
+        if !self.hasher.verify(password, Some(stored)).await {
+            if failures >= FREE_FAILURES {
+                let delay = 1i64
+                    .checked_shl((failures - FREE_FAILURES) as u32)
+                    .unwrap_or(MAX_LOCK_SECS)
+                    .min(MAX_LOCK_SECS);
+                sqlx::query(
+                    "UPDATE users SET locked_until = $3 WHERE tenant_id = $1 AND user_id = $2",
+                )
+                .bind(tenant.as_str())
+                .bind(user_id)
+                .bind(ts(now + delay))
+                .execute(self.shards.pool(&tenant))
+                .await?;
+            }
+            tracing::info!(tenant = %tenant, user_id = %user_id, failures, "login failed");
+            return Err(Error::InvalidCredentials);
+        }
+        let mut tx = self.shards.begin(&tenant).await?;
+        sqlx::query("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE tenant_id = $1 AND user_id = $2")
+            .bind(tenant.as_str())
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        // A new session at every login (R-40: no fixation).
+        let session = SessionInfo {
+            sid: random_token::<16>()?,
+            user_id,
+            client_id: client_id.to_owned(),
+            acr: "pwd".into(),
+            amr: vec!["pwd".into()],
+            auth_time: now,
+            roles,
+        };
+        sqlx::query(
+            "INSERT INTO sessions (tenant_id, sid, user_id, client_id, acr, amr, auth_time) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(tenant.as_str())
+        .bind(&session.sid)
+        .bind(user_id)
+        .bind(client_id)
+        .bind(&session.acr)
+        .bind(&session.amr)
+        .bind(ts(now))
+        .execute(&mut *tx)
+        .await?;
+        let family = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO refresh_families (tenant_id, family_id, sid, user_id, client_id, generation, state, idle_expires, absolute_expires)
+             VALUES ($1, $2, $3, $4, $5, 0, 'active', $6, $7)",
+        )
+        .bind(tenant.as_str())
+        .bind(family)
+        .bind(&session.sid)
+        .bind(user_id)
+        .bind(client_id)
+        .bind(ts(now + self.lifetimes.refresh_idle_secs.min(self.lifetimes.refresh_absolute_secs)))
+        .bind(ts(now + self.lifetimes.refresh_absolute_secs))
+        .execute(&mut *tx)
+        .await?;
+        let refresh = self.new_refresh_token(&mut tx, &tenant, family, 0).await?;
+        let access = self.access_token(&tenant, tier, &session, now).await?;
+        tx.commit().await?;
+        tracing::info!(tenant = %tenant, user_id = %user_id, "login succeeded");
+        Ok(Issued {
+            access_token: access,
+            refresh_token: refresh,
+            expires_in: self.lifetimes.access_secs,
+        })
+    }
+
+    async fn new_refresh_token(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        tenant: &TenantId,
+        family: Uuid,
+        generation: i64,
+    ) -> Result<String, Error> {
+        let token = format!("{REFRESH_PREFIX}.{tenant}.{}", random_token::<32>()?);
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, tenant_id, family_id, generation, state) VALUES ($1, $2, $3, $4, 'active')",
+        )
+        .bind(hash_token(&token))
+        .bind(tenant.as_str())
+        .bind(family)
+        .bind(generation)
+        .execute(&mut **tx)
+        .await?;
+        Ok(token)
+    }
+
+    async fn access_token(
+        &self,
+        tenant: &TenantId,
+        tier: &str,
+        s: &SessionInfo,
+        now: i64,
+    ) -> Result<String, Error> {
+        let key = self.keys.signing_key(tenant).await?;
+        let claims = AccessClaims {
+            iss: keel_token::issuer(&self.issuer_base, tenant),
+            sub: s.user_id.to_string(),
+            aud: keel_token::audience(tenant),
+            client_id: s.client_id.clone(),
+            iat: now,
+            exp: now + self.lifetimes.access_secs,
+            nbf: None,
+            jti: Uuid::new_v4().to_string(),
+            scope: scopes_for(&s.roles),
+            tenant_id: tenant.to_string(),
+            tier: tier.to_owned(),
+            sid: s.sid.clone(),
+            acr: s.acr.clone(),
+            amr: s.amr.clone(),
+            auth_time: s.auth_time,
+        };
+        Ok(keel_token::sign(&claims, &key))
+    }
+
+    /// The tenant a refresh token belongs to (its second segment), or `InvalidGrant`.
+    fn refresh_tenant(token: &str) -> Result<TenantId, Error> {
+        let mut parts = token.splitn(3, '.');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(REFRESH_PREFIX), Some(t), Some(secret))
+                if !secret.is_empty() && token.len() <= 256 =>
+            {
+                TenantId::parse(t).map_err(|_| Error::InvalidGrant)
+            }
+            _ => Err(Error::InvalidGrant),
+        }
+    }
+
+    pub async fn refresh(&self, token: &str, client_id: &str) -> Result<Issued, Error> {
+        let tenant = Self::refresh_tenant(token)?;
+        let now = self.clock.now();
+        let hash = hash_token(token);
+        let mut tx = self.shards.begin(&tenant).await?;
+        let used = sqlx::query(
+            "UPDATE refresh_tokens SET state = 'used', used_at = $3
+             WHERE token_hash = $1 AND tenant_id = $2 AND state = 'active'
+             RETURNING family_id, generation",
+        )
+        .bind(&hash)
+        .bind(tenant.as_str())
+        .bind(ts(now))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(used) = used else {
+            // Unknown, or already used/revoked: a reuse revokes everything it belongs to.
+            let known = sqlx::query(
+                "SELECT family_id FROM refresh_tokens WHERE token_hash = $1 AND tenant_id = $2",
+            )
+            .bind(&hash)
+            .bind(tenant.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = known {
+                let family: Uuid = row.try_get("family_id")?;
+                let sid = self.revoke_family(&mut tx, &tenant, family, now).await?;
+                tx.commit().await?;
+                tracing::warn!(tenant = %tenant, family = %family, "refresh token reuse detected; family and session revoked");
+                if let Some(sid) = sid {
+                    self.publish_revocation(&tenant, &sid).await?;
+                }
+            }
+            return Err(Error::InvalidGrant);
+        };
+        let family: Uuid = used.try_get("family_id")?;
+        let generation: i64 = used.try_get("generation")?;
+        let fam = sqlx::query(
+            "SELECT f.sid, f.user_id, f.client_id, f.state, f.idle_expires, f.absolute_expires,
+                    s.acr, s.amr, s.auth_time, s.revoked_at, u.roles, u.disabled
+             FROM refresh_families f
+             JOIN sessions s ON s.tenant_id = f.tenant_id AND s.sid = f.sid
+             JOIN users u ON u.tenant_id = f.tenant_id AND u.user_id = f.user_id
+             WHERE f.tenant_id = $1 AND f.family_id = $2 FOR UPDATE OF f",
+        )
+        .bind(tenant.as_str())
+        .bind(family)
+        .fetch_one(&mut *tx)
+        .await?;
+        let idle: DateTime<Utc> = fam.try_get("idle_expires")?;
+        let absolute: DateTime<Utc> = fam.try_get("absolute_expires")?;
+        let fam_client: String = fam.try_get("client_id")?;
+        let state: String = fam.try_get("state")?;
+        let revoked_at: Option<DateTime<Utc>> = fam.try_get("revoked_at")?;
+        let disabled: bool = fam.try_get("disabled")?;
+        let usable = state == "active"
+            && revoked_at.is_none()
+            && !disabled
+            && now < idle.timestamp()
+            && now < absolute.timestamp()
+            && (client_id.is_empty() || client_id == fam_client);
+        if !usable {
+            let sid = self.revoke_family(&mut tx, &tenant, family, now).await?;
+            tx.commit().await?;
+            if let Some(sid) = sid {
+                self.publish_revocation(&tenant, &sid).await?;
+            }
+            return Err(Error::InvalidGrant);
+        }
+        let next = self
+            .new_refresh_token(&mut tx, &tenant, family, generation + 1)
+            .await?;
+        sqlx::query("UPDATE refresh_tokens SET successor_hash = $2 WHERE token_hash = $1")
+            .bind(&hash)
+            .bind(hash_token(&next))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE refresh_families SET generation = $3, idle_expires = LEAST($4, absolute_expires)
+             WHERE tenant_id = $1 AND family_id = $2",
+        )
+        .bind(tenant.as_str())
+        .bind(family)
+        .bind(generation + 1)
+        .bind(ts(now + self.lifetimes.refresh_idle_secs))
+        .execute(&mut *tx)
+        .await?;
+        let session = SessionInfo {
+            sid: fam.try_get("sid")?,
+            user_id: fam.try_get("user_id")?,
+            client_id: fam_client,
+            acr: fam.try_get("acr")?,
+            amr: fam.try_get("amr")?,
+            auth_time: fam.try_get::<DateTime<Utc>, _>("auth_time")?.timestamp(),
+            roles: fam.try_get("roles")?,
+        };
+        let tier = self.tenants.get(&tenant).await?.tier.as_str();
+        let access = self.access_token(&tenant, tier, &session, now).await?;
+        tx.commit().await?;
+        Ok(Issued {
+            access_token: access,
+            refresh_token: next,
+            expires_in: self.lifetimes.access_secs,
+        })
+    }
+
+    /// Ends the session a refresh token belongs to. Unknown tokens are not an error (RFC 7009).
+    pub async fn logout(&self, token: &str) -> Result<(), Error> {
+        let Ok(tenant) = Self::refresh_tenant(token) else {
+            return Ok(());
+        };
+        let mut tx = self.shards.begin(&tenant).await?;
+        let row = sqlx::query(
+            "SELECT family_id FROM refresh_tokens WHERE token_hash = $1 AND tenant_id = $2",
+        )
+        .bind(hash_token(token))
+        .bind(tenant.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(());
+        };
+        let sid = self
+            .revoke_family(
+                &mut tx,
+                &tenant,
+                row.try_get("family_id")?,
+                self.clock.now(),
+            )
+            .await?;
+        tx.commit().await?;
+        if let Some(sid) = sid {
+            self.publish_revocation(&tenant, &sid).await?;
+        }
+        Ok(())
+    }
+
+    /// Revokes a family, every token in it and its session; returns the session ID.
+    async fn revoke_family(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        tenant: &TenantId,
+        family: Uuid,
+        now: i64,
+    ) -> Result<Option<String>, Error> {
+        let row = sqlx::query(
+            "UPDATE refresh_families SET state = 'revoked' WHERE tenant_id = $1 AND family_id = $2 RETURNING sid",
+        )
+        .bind(tenant.as_str())
+        .bind(family)
+        .fetch_optional(&mut **tx)
+        .await?;
+        sqlx::query("UPDATE refresh_tokens SET state = 'revoked' WHERE tenant_id = $1 AND family_id = $2 AND state = 'active'")
+            .bind(tenant.as_str())
+            .bind(family)
+            .execute(&mut **tx)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let sid: String = row.try_get("sid")?;
+        sqlx::query("UPDATE sessions SET revoked_at = COALESCE(revoked_at, $3) WHERE tenant_id = $1 AND sid = $2")
+            .bind(tenant.as_str())
+            .bind(&sid)
+            .bind(ts(now))
+            .execute(&mut **tx)
+            .await?;
+        Ok(Some(sid))
+    }
+
+    /// Tells resource servers the session is dead: its access tokens stop working at once,
+    /// for as long as any of them could still be unexpired.
+    async fn publish_revocation(&self, tenant: &TenantId, sid: &str) -> Result<(), Error> {
+        let mut conn = self
+            .redis
+            .get()
+            .await
+            .map_err(|e| Error::Redis(e.to_string()))?;
+        let ttl = self.lifetimes.access_secs + 2 * keel_token::LEEWAY_SECS;
+        redis::cmd("SET")
+            .arg(tenant.redis_key(REVOKED_PREFIX, sid))
+            .arg(1)
+            .arg("EX")
+            .arg(ttl)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| Error::Redis(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_tokens_name_their_tenant_and_nothing_else_parses() {
+        assert_eq!(
+            Identity::refresh_tenant("rt1.acme.abc").unwrap().as_str(),
+            "acme"
+        );
+        for bad in [
+            "",
+            "rt1",
+            "rt1.acme",
+            "rt1.acme.",
+            "rt2.acme.x",
+            "rt1.ACME.x",
+            "rt1..x",
+            &format!("rt1.acme.{}", "x".repeat(300)),
+        ] {
+            assert!(
+                matches!(Identity::refresh_tenant(bad), Err(Error::InvalidGrant)),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn admins_alone_may_export_models() {
+        assert!(scopes_for(&["admin".into()]).contains("models:export"));
+        assert!(!scopes_for(&["member".into()]).contains("models:export"));
+        assert!(scopes_for(&[]).contains("documents:read"));
+    }
+}
