@@ -271,7 +271,11 @@ fn base64(bytes: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -300,15 +304,49 @@ fn keelctl(bin: &Path, args: &[&str], stdin: Option<&str>) -> Result<std::proces
 
 fn demo_tenant(bin_dir: &Path, auth_url: &str, gateway_url: &str, keel_dir: &Path) -> Result<()> {
     let keelctl_bin = bin_dir.join("keelctl");
-    let out = keelctl(&keelctl_bin, &["--auth-url", auth_url, "tenant", "create", DEMO_TENANT, "--name", "Demo tenant", "--tier", "pro"], None)?;
+    let out = keelctl(
+        &keelctl_bin,
+        &[
+            "--auth-url",
+            auth_url,
+            "tenant",
+            "create",
+            DEMO_TENANT,
+            "--name",
+            "Demo tenant",
+            "--tier",
+            "pro",
+        ],
+        None,
+    )?;
     if !out.status.success() {
-        bail!("creating the demo tenant failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "creating the demo tenant failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     // The demo user's password is generated once and kept with the stack's state.
     let password = persistent_secret(&keel_dir.join("demo.password"))?;
-    let out = keelctl(&keelctl_bin, &["--auth-url", auth_url, "user", "create", DEMO_TENANT, DEMO_USER, "--role", "admin", "--password-stdin"], Some(&format!("{password}\n")))?;
+    let out = keelctl(
+        &keelctl_bin,
+        &[
+            "--auth-url",
+            auth_url,
+            "user",
+            "create",
+            DEMO_TENANT,
+            DEMO_USER,
+            "--role",
+            "admin",
+            "--password-stdin",
+        ],
+        Some(&format!("{password}\n")),
+    )?;
     if !out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("AlreadyExists") {
-        bail!("creating the demo user failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "creating the demo user failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let demo_file = keel_dir.join("demo.json");
     let demo = serde_json::json!({
@@ -324,22 +362,52 @@ fn demo_tenant(bin_dir: &Path, auth_url: &str, gateway_url: &str, keel_dir: &Pat
     // A real login: the access and refresh tokens go into demo.json.
     let out = keelctl(
         &keelctl_bin,
-        &["--gateway-url", gateway_url, "login", "--tenant", DEMO_TENANT, "--username", DEMO_USER, "--password-stdin", "--save", demo_file.to_str().unwrap_or(".keel/demo.json")],
+        &[
+            "--gateway-url",
+            gateway_url,
+            "login",
+            "--tenant",
+            DEMO_TENANT,
+            "--username",
+            DEMO_USER,
+            "--password-stdin",
+            "--save",
+            demo_file.to_str().unwrap_or(".keel/demo.json"),
+        ],
         Some(&format!("{password}\n")),
     )?;
     if !out.status.success() {
-        bail!("logging the demo user in failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "logging the demo user in failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let demo: serde_json::Value = serde_json::from_slice(&std::fs::read(&demo_file)?)?;
     let token = demo["access_token"].as_str().unwrap_or_default().to_owned();
     // One real call through the whole path, so the banner means it works.
     let out = keelctl(
         &keelctl_bin,
-        &["--gateway-url", gateway_url, "--token", &token, "doc", "create", "--title", "Welcome to keel", "--content", "Your first document.", "--idempotency-key", "demo-welcome"],
+        &[
+            "--gateway-url",
+            gateway_url,
+            "--token",
+            &token,
+            "doc",
+            "create",
+            "--title",
+            "Welcome to keel",
+            "--content",
+            "Your first document.",
+            "--idempotency-key",
+            "demo-welcome",
+        ],
         None,
     )?;
     if !out.status.success() {
-        bail!("the first call through the gateway failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "the first call through the gateway failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }

@@ -32,7 +32,7 @@ const CACHE_CAPACITY: usize = 10_000;
 /// Deadline for lookups in the auth service.
 const DIRECTORY_TIMEOUT: Duration = Duration::from_secs(2);
 /// A known key is re-read from auth this often, so a revocation reaches the gateway within it.
-const KEY_REFRESH: Duration = Duration::from_secs(10);
+const KEY_REFRESH: Duration = Duration::from_secs(2);
 /// An unknown kid is asked about again only after this long (no refetch storms per kid)...
 const UNKNOWN_KID_TTL: Duration = Duration::from_secs(5);
 /// ...and at most this many key fetches happen per second overall (no storms across kids).

@@ -1,0 +1,412 @@
+//! Authentication end to end through the gateway, against real Postgres, Redis and NATS. Test
+//! names cite the requirement IDs of shared/reference/auth.md.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use keel_proto::public as pb;
+use keel_tests::{TEST_PASSWORD, TestStack, authed, connect, eventually, reason};
+use tonic::Code;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn auth_client(
+    stack: &TestStack,
+) -> pb::authentication_service_client::AuthenticationServiceClient<tonic::transport::Channel> {
+    pb::authentication_service_client::AuthenticationServiceClient::new(
+        connect(&stack.gateway_url()).await.unwrap(),
+    )
+}
+
+async fn refresh(stack: &TestStack, rt: &str) -> Result<(String, String), tonic::Status> {
+    let r = auth_client(stack)
+        .await
+        .refresh(pb::RefreshRequest {
+            refresh_token: rt.into(),
+            client_id: "keel-tests".into(),
+        })
+        .await?
+        .into_inner();
+    Ok((r.access_token, r.refresh_token))
+}
+
+async fn list(stack: &TestStack, token: &str) -> Result<(), tonic::Status> {
+    let mut docs = stack.documents().await.unwrap();
+    docs.list_documents(authed(pb::ListDocumentsRequest::default(), token))
+        .await
+        .map(|_| ())
+}
+
+async fn wait_refused(stack: &TestStack, token: &str, what: &str) {
+    eventually(WAIT, what, || async {
+        Ok(match list(stack, token).await {
+            Err(st) if st.code() == Code::Unauthenticated => Some(()),
+            _ => None,
+        })
+    })
+    .await
+    .unwrap();
+}
+
+async fn setup(stack: &TestStack) -> (String, String) {
+    stack.create_tenant("acme").await.unwrap();
+    stack
+        .create_user("acme", "alice", &["member"])
+        .await
+        .unwrap();
+    stack.login("acme", "alice").await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r4_refresh_reuse_revokes_the_family_and_its_access_tokens() {
+    let stack = TestStack::start().await.unwrap();
+    let (at1, rt1) = setup(&stack).await;
+    list(&stack, &at1).await.unwrap();
+    let (at2, rt2) = refresh(&stack, &rt1).await.unwrap();
+    assert_ne!(rt1, rt2, "refresh tokens rotate on every use");
+    list(&stack, &at2).await.unwrap();
+
+    // The attacker (or the victim) presents the old token again.
+    let st = refresh(&stack, &rt1).await.unwrap_err();
+    assert_eq!(st.code(), Code::Unauthenticated);
+    // Everything of the family is dead: the successor and the access tokens of the session.
+    assert_eq!(
+        refresh(&stack, &rt2).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    wait_refused(&stack, &at2, "the session's access tokens to be refused").await;
+    assert_eq!(
+        list(&stack, &at1).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r5_concurrent_redemptions_of_one_refresh_token_yield_at_most_one_success() {
+    let stack = TestStack::start().await.unwrap();
+    let (_, rt) = setup(&stack).await;
+    let attempts = (0..24).map(|_| {
+        let rt = rt.clone();
+        let url = stack.gateway_url();
+        async move {
+            let mut c = pb::authentication_service_client::AuthenticationServiceClient::new(
+                connect(&url).await.unwrap(),
+            );
+            c.refresh(pb::RefreshRequest {
+                refresh_token: rt,
+                client_id: String::new(),
+            })
+            .await
+            .is_ok()
+        }
+    });
+    let wins = futures::future::join_all(attempts)
+        .await
+        .into_iter()
+        .filter(|ok| *ok)
+        .count();
+    assert!(wins <= 1, "{wins} parallel redemptions succeeded");
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r40_each_login_is_a_new_session_and_logout_ends_only_its_own() {
+    let stack = TestStack::start().await.unwrap();
+    let (at1, rt1) = setup(&stack).await;
+    let (at2, _rt2) = stack.login("acme", "alice").await.unwrap();
+    let sid = |t: &str| {
+        use base64::Engine;
+        let claims = t.split('.').nth(1).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(claims)
+                .unwrap(),
+        )
+        .unwrap();
+        v["sid"].as_str().unwrap().to_owned()
+    };
+    assert_ne!(sid(&at1), sid(&at2));
+    auth_client(&stack)
+        .await
+        .logout(pb::LogoutRequest {
+            refresh_token: rt1.clone(),
+        })
+        .await
+        .unwrap();
+    // ASVS 7.4.1 / attack row 27: the logged-out session's access token stops working within a second.
+    wait_refused(&stack, &at1, "the logged-out access token to be refused").await;
+    assert_eq!(
+        refresh(&stack, &rt1).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    list(&stack, &at2).await.unwrap();
+    // RFC 7009 style: logging out an unknown token is not an error.
+    auth_client(&stack)
+        .await
+        .logout(pb::LogoutRequest {
+            refresh_token: "rt1.acme.nope".into(),
+        })
+        .await
+        .unwrap();
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r50_failures_are_limited_per_account_even_in_parallel_and_delays_grow() {
+    let stack = TestStack::start().await.unwrap();
+    setup(&stack).await;
+    let pool = stack.shard(stack.shard_of("acme")).await.unwrap();
+    let login = |password: &'static str| {
+        let url = stack.gateway_url();
+        async move {
+            let mut c = pb::authentication_service_client::AuthenticationServiceClient::new(
+                connect(&url).await.unwrap(),
+            );
+            c.login(pb::LoginRequest {
+                tenant_id: "acme".into(),
+                username: "alice".into(),
+                password: password.into(),
+                client_id: "t".into(),
+            })
+            .await
+        }
+    };
+    let lock_secs = || async {
+        let secs: Option<f64> = sqlx::query_scalar(
+            "SELECT EXTRACT(EPOCH FROM (locked_until - now()))::float8 FROM auth.users WHERE username = 'alice'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        secs
+    };
+    let unlock = || async {
+        sqlx::query("UPDATE auth.users SET locked_until = NULL WHERE username = 'alice'")
+            .execute(&pool)
+            .await
+            .unwrap();
+    };
+    // Four free failures; the fifth locks for 1 s, the sixth for 2 s: delays grow.
+    for _ in 0..4 {
+        assert_eq!(
+            login("wrong password!!").await.unwrap_err().code(),
+            Code::Unauthenticated
+        );
+        assert_eq!(lock_secs().await, None);
+    }
+    login("wrong password!!").await.unwrap_err();
+    let first = lock_secs().await.expect("locked after five failures");
+    assert!(first > 0.0 && first <= 1.0, "{first}");
+    unlock().await;
+    login("wrong password!!").await.unwrap_err();
+    let second = lock_secs().await.expect("locked again");
+    assert!(second > 1.0 && second <= 2.0, "{second}");
+    // While locked, even the right password is refused, the same way.
+    sqlx::query(
+        "UPDATE auth.users SET locked_until = now() + interval '1 minute' WHERE username = 'alice'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        login(TEST_PASSWORD).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    unlock().await;
+    login(TEST_PASSWORD).await.expect("unlocked");
+    let failures: i32 =
+        sqlx::query_scalar("SELECT failed_logins FROM auth.users WHERE username = 'alice'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(failures, 0, "success resets the count");
+
+    // At 97 consecutive failures, 12 parallel guesses: the count stops at the limit of 100.
+    sqlx::query(
+        "UPDATE auth.users SET failed_logins = 97, locked_until = NULL WHERE username = 'alice'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let guesses = futures::future::join_all((0..12).map(|_| login("wrong password!!"))).await;
+    assert!(guesses.iter().all(|r| r.is_err()));
+    let failures: i32 =
+        sqlx::query_scalar("SELECT failed_logins FROM auth.users WHERE username = 'alice'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(failures, 100, "parallel attempts must not exceed the limit");
+    sqlx::query("UPDATE auth.users SET locked_until = NULL WHERE username = 'alice'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert!(
+        login(TEST_PASSWORD).await.is_err(),
+        "past 100 failures the account stays locked"
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn asvs_6_3_8_failures_do_not_reveal_which_part_was_wrong() {
+    let stack = TestStack::start().await.unwrap();
+    setup(&stack).await;
+    let mut c = auth_client(&stack).await;
+    let mut seen = Vec::new();
+    for (tenant, user, password) in [
+        ("acme", "alice", "wrong password!!"),
+        ("acme", "nobody", TEST_PASSWORD),
+        ("ghost", "alice", TEST_PASSWORD),
+        ("acme", "alice", ""),
+    ] {
+        let st = c
+            .login(pb::LoginRequest {
+                tenant_id: tenant.into(),
+                username: user.into(),
+                password: password.into(),
+                client_id: "t".into(),
+            })
+            .await
+            .unwrap_err();
+        seen.push((st.code(), reason(&st), st.message().to_owned()));
+    }
+    assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
+    assert_eq!(seen[0].0, Code::Unauthenticated);
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r60_model_export_answers_with_the_rfc_9470_challenge() {
+    let stack = TestStack::start().await.unwrap();
+    stack.create_tenant("acme").await.unwrap();
+    stack
+        .create_user("acme", "admin", &["admin"])
+        .await
+        .unwrap();
+    stack
+        .create_user("acme", "member", &["member"])
+        .await
+        .unwrap();
+    let (admin, _) = stack.login("acme", "admin").await.unwrap();
+    let (member, _) = stack.login("acme", "member").await.unwrap();
+    let mut models = pb::model_service_client::ModelServiceClient::new(
+        connect(&stack.gateway_url()).await.unwrap(),
+    );
+    let req = || pb::ExportModelRequest {
+        name: "keel-tiny".into(),
+        version: "1".into(),
+    };
+    let st = models
+        .export_model(authed(req(), &member))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (st.code(), reason(&st)),
+        (Code::PermissionDenied, "PERMISSION_DENIED"),
+        "members lack models:export"
+    );
+    let st = models
+        .export_model(authed(req(), &admin))
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::Unauthenticated);
+    let challenge = st
+        .metadata()
+        .get("www-authenticate")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert!(
+        challenge.contains("error=\"insufficient_user_authentication\""),
+        "{challenge}"
+    );
+    assert!(
+        challenge.contains("acr_values=\"mfa\"") && challenge.contains("max_age=300"),
+        "{challenge}"
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn row_29_key_rotation_rehearsal_through_the_gateway() {
+    let stack = TestStack::start().await.unwrap();
+    let (old_token, _) = setup(&stack).await;
+    list(&stack, &old_token).await.unwrap();
+    let mut admin = keel_proto::auth::identity_admin_client::IdentityAdminClient::new(
+        connect(&stack.auth_url()).await.unwrap(),
+    );
+    let kid = |t: &str| keel_token::peek_kid(t).unwrap();
+    let old_kid = kid(&old_token);
+
+    // A pending key is published but does not sign yet.
+    let pending = admin
+        .rotate_signing_key(keel_proto::auth::RotateSigningKeyRequest {
+            tenant_id: "acme".into(),
+            activate_after_seconds: 3600,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(pending.state, "pending");
+    let mut keys = keel_proto::auth::key_directory_client::KeyDirectoryClient::new(
+        connect(&stack.auth_url()).await.unwrap(),
+    );
+    let published = keys
+        .list_verification_keys(keel_proto::auth::ListVerificationKeysRequest {
+            tenant_id: "acme".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    assert!(
+        published
+            .iter()
+            .any(|k| k.kid == pending.kid && k.state == "pending")
+    );
+    assert!(
+        published
+            .iter()
+            .any(|k| k.kid == old_kid && k.state == "active")
+    );
+
+    // Rotate now: new tokens carry a kid the gateway has never seen (it fetches it), old tokens
+    // keep working while their key is retained.
+    let now_key = admin
+        .rotate_signing_key(keel_proto::auth::RotateSigningKeyRequest {
+            tenant_id: "acme".into(),
+            activate_after_seconds: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(now_key.state, "active");
+    let (new_token, _) = eventually(WAIT, "tokens signed by the new key", || async {
+        let t = stack.login("acme", "alice").await?;
+        Ok((kid(&t.0) == now_key.kid).then_some(t))
+    })
+    .await
+    .unwrap();
+    list(&stack, &new_token)
+        .await
+        .expect("unknown kid fetched from auth");
+    list(&stack, &old_token)
+        .await
+        .expect("retained key still verifies");
+
+    // Revoking the old key refuses its tokens promptly.
+    admin
+        .revoke_signing_key(keel_proto::auth::RevokeSigningKeyRequest { kid: old_kid })
+        .await
+        .unwrap();
+    wait_refused(
+        &stack,
+        &old_token,
+        "tokens of the revoked key to be refused",
+    )
+    .await;
+    list(&stack, &new_token).await.unwrap();
+    stack.shutdown().await;
+}
