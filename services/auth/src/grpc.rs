@@ -80,8 +80,8 @@ impl AuthenticationService {
 
 fn issued(i: crate::identity::Issued) -> public::LoginResponse {
     public::LoginResponse {
-        mfa_required: false,
-        mfa_token: String::new(),
+        mfa_required: i.mfa_token.is_some(),
+        mfa_token: i.mfa_token.unwrap_or_default(),
         access_token: i.access_token,
         refresh_token: i.refresh_token,
         expires_in_seconds: u32::try_from(i.expires_in).unwrap_or(0),
@@ -121,6 +121,67 @@ impl pb::authentication_server::Authentication for AuthenticationService {
     ) -> Result<Response<public::LogoutResponse>, Status> {
         self.identity.logout(&req.get_ref().refresh_token).await?;
         Ok(Response::new(public::LogoutResponse {}))
+    }
+
+    async fn verify_mfa(
+        &self,
+        req: Request<public::VerifyMfaRequest>,
+    ) -> Result<Response<public::LoginResponse>, Status> {
+        let r = req.into_inner();
+        Ok(Response::new(issued(
+            self.identity.verify_mfa(&r.mfa_token, &r.code).await?,
+        )))
+    }
+
+    async fn enroll_mfa(
+        &self,
+        req: Request<public::EnrollMfaRequest>,
+    ) -> Result<Response<public::EnrollMfaResponse>, Status> {
+        let v = self.identity.authenticate(req.metadata()).await?;
+        let (otpauth_uri, secret) = self.identity.enroll_mfa(&v).await?;
+        Ok(Response::new(public::EnrollMfaResponse {
+            otpauth_uri,
+            secret,
+        }))
+    }
+
+    async fn confirm_mfa(
+        &self,
+        req: Request<public::ConfirmMfaRequest>,
+    ) -> Result<Response<public::ConfirmMfaResponse>, Status> {
+        let v = self.identity.authenticate(req.metadata()).await?;
+        let recovery_codes = self.identity.confirm_mfa(&v, &req.get_ref().code).await?;
+        Ok(Response::new(public::ConfirmMfaResponse { recovery_codes }))
+    }
+
+    async fn disable_mfa(
+        &self,
+        req: Request<public::DisableMfaRequest>,
+    ) -> Result<Response<public::DisableMfaResponse>, Status> {
+        let v = self.identity.authenticate(req.metadata()).await?;
+        self.identity.disable_mfa(&v, &req.get_ref().code).await?;
+        Ok(Response::new(public::DisableMfaResponse {}))
+    }
+
+    async fn step_up(
+        &self,
+        req: Request<public::StepUpRequest>,
+    ) -> Result<Response<public::LoginResponse>, Status> {
+        let v = self.identity.authenticate(req.metadata()).await?;
+        Ok(Response::new(issued(
+            self.identity.step_up(&v, &req.get_ref().code).await?,
+        )))
+    }
+
+    async fn sign_out_everywhere(
+        &self,
+        req: Request<public::SignOutEverywhereRequest>,
+    ) -> Result<Response<public::SignOutEverywhereResponse>, Status> {
+        let v = self.identity.authenticate(req.metadata()).await?;
+        let sessions_ended = self.identity.sign_out_everywhere(&v).await?;
+        Ok(Response::new(public::SignOutEverywhereResponse {
+            sessions_ended,
+        }))
     }
 }
 

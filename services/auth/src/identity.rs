@@ -119,6 +119,7 @@ fn hash_token(token: &str) -> Vec<u8> {
 /// Scopes granted by roles.
 pub fn scopes_for(roles: &[String]) -> String {
     let mut s: Vec<&str> = vec![
+        "account",
         "documents:read",
         "documents:write",
         "inference",
@@ -152,6 +153,8 @@ pub struct Issued {
     pub access_token: String,
     pub refresh_token: String,
     pub expires_in: i64,
+    /// Set (and the tokens empty) when the password was right and a second factor is needed.
+    pub mfa_token: Option<String>,
 }
 
 #[derive(Clone)]
@@ -164,16 +167,17 @@ pub struct Identity {
     pub redis: deadpool_redis::Pool,
     pub issuer_base: String,
     pub lifetimes: Lifetimes,
+    pub sealer: crate::seal::Sealer,
 }
 
-struct SessionInfo {
-    sid: String,
-    user_id: Uuid,
-    client_id: String,
-    acr: String,
-    amr: Vec<String>,
-    auth_time: i64,
-    roles: Vec<String>,
+pub(crate) struct SessionInfo {
+    pub(crate) sid: String,
+    pub(crate) user_id: Uuid,
+    pub(crate) client_id: String,
+    pub(crate) acr: String,
+    pub(crate) amr: Vec<String>,
+    pub(crate) auth_time: i64,
+    pub(crate) roles: Vec<String>,
 }
 
 impl Identity {
@@ -290,19 +294,57 @@ impl Identity {
             tracing::info!(tenant = %tenant, user_id = %user_id, failures, "login failed");
             return Err(Error::InvalidCredentials);
         }
-        let mut tx = self.shards.begin(&tenant).await?;
         sqlx::query("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE tenant_id = $1 AND user_id = $2")
             .bind(tenant.as_str())
             .bind(user_id)
-            .execute(&mut *tx)
+            .execute(self.shards.pool(&tenant))
             .await?;
-        // A new session at every login (R-40: no fixation).
+        if self.mfa_enabled(&tenant, user_id).await? {
+            let mfa_token = self.begin_mfa(&tenant, user_id, client_id).await?;
+            tracing::info!(tenant = %tenant, user_id = %user_id, "password accepted; second factor required");
+            return Ok(Issued {
+                access_token: String::new(),
+                refresh_token: String::new(),
+                expires_in: 0,
+                mfa_token: Some(mfa_token),
+            });
+        }
+        let issued = self
+            .start_session(
+                &tenant,
+                tier,
+                user_id,
+                roles,
+                client_id,
+                "pwd",
+                vec!["pwd".into()],
+                now,
+            )
+            .await?;
+        tracing::info!(tenant = %tenant, user_id = %user_id, "login succeeded");
+        Ok(issued)
+    }
+
+    /// A new session (a new ID every time: R-40), its refresh family and first tokens.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn start_session(
+        &self,
+        tenant: &TenantId,
+        tier: &str,
+        user_id: Uuid,
+        roles: Vec<String>,
+        client_id: &str,
+        acr: &str,
+        amr: Vec<String>,
+        now: i64,
+    ) -> Result<Issued, Error> {
+        let mut tx = self.shards.begin(tenant).await?;
         let session = SessionInfo {
             sid: random_token::<16>()?,
             user_id,
             client_id: client_id.to_owned(),
-            acr: "pwd".into(),
-            amr: vec!["pwd".into()],
+            acr: acr.to_owned(),
+            amr,
             auth_time: now,
             roles,
         };
@@ -332,18 +374,18 @@ impl Identity {
         .bind(ts(now + self.lifetimes.refresh_absolute_secs))
         .execute(&mut *tx)
         .await?;
-        let refresh = self.new_refresh_token(&mut tx, &tenant, family, 0).await?;
-        let access = self.access_token(&tenant, tier, &session, now).await?;
+        let refresh = self.new_refresh_token(&mut tx, tenant, family, 0).await?;
+        let access = self.access_token(tenant, tier, &session, now).await?;
         tx.commit().await?;
-        tracing::info!(tenant = %tenant, user_id = %user_id, "login succeeded");
         Ok(Issued {
             access_token: access,
             refresh_token: refresh,
             expires_in: self.lifetimes.access_secs,
+            mfa_token: None,
         })
     }
 
-    async fn new_refresh_token(
+    pub(crate) async fn new_refresh_token(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
         tenant: &TenantId,
@@ -363,7 +405,7 @@ impl Identity {
         Ok(token)
     }
 
-    async fn access_token(
+    pub(crate) async fn access_token(
         &self,
         tenant: &TenantId,
         tier: &str,
@@ -507,6 +549,7 @@ impl Identity {
             access_token: access,
             refresh_token: next,
             expires_in: self.lifetimes.access_secs,
+            mfa_token: None,
         })
     }
 
@@ -542,7 +585,7 @@ impl Identity {
     }
 
     /// Revokes a family, every token in it and its session; returns the session ID.
-    async fn revoke_family(
+    pub(crate) async fn revoke_family(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
         tenant: &TenantId,
@@ -574,7 +617,11 @@ impl Identity {
 
     /// Tells resource servers the session is dead: its access tokens stop working at once,
     /// for as long as any of them could still be unexpired.
-    async fn publish_revocation(&self, tenant: &TenantId, sid: &str) -> Result<(), Error> {
+    pub(crate) async fn publish_revocation(
+        &self,
+        tenant: &TenantId,
+        sid: &str,
+    ) -> Result<(), Error> {
         let mut conn = self
             .redis
             .get()

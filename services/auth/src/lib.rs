@@ -9,9 +9,11 @@
 pub mod grpc;
 pub mod identity;
 pub mod keys;
+pub mod mfa;
 pub mod passwords;
 pub mod seal;
 pub mod tenants;
+pub mod totp;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,7 +126,7 @@ pub async fn start_with_clock(cfg: Config, clock: Arc<dyn Clock>) -> Result<Host
     let dir = tenants::Directory::new(shards.clone());
     let sealer =
         seal::Sealer::from_base64(&cfg.master_key).map_err(|e| StartError::Setup(e.to_string()))?;
-    let keys = keys::KeyStore::new(shards.clone(), sealer, clock.clone());
+    let keys = keys::KeyStore::new(shards.clone(), sealer.clone(), clock.clone());
     let redis = deadpool_redis::Config::from_url(cfg.redis_url.clone())
         .create_pool(Some(deadpool_redis::Runtime::Tokio1))
         .map_err(|e| StartError::Setup(e.to_string()))?;
@@ -138,6 +140,7 @@ pub async fn start_with_clock(cfg: Config, clock: Arc<dyn Clock>) -> Result<Host
         redis: redis.clone(),
         issuer_base: cfg.issuer_base.clone(),
         lifetimes: cfg.lifetimes.clone(),
+        sealer,
     };
     let routes = tonic::service::Routes::new(
         keel_proto::auth::tenant_directory_server::TenantDirectoryServer::new(

@@ -140,9 +140,15 @@ impl AuthenticationGateway {
         }
     }
 
+    /// The upstream request. The caller's `authorization` travels along: auth verifies the token
+    /// itself for the account methods.
     fn upstream<T>(&self, req: Request<T>) -> Request<T> {
+        let auth = req.metadata().get("authorization").cloned();
         let mut up = Request::new(req.into_inner());
         up.set_timeout(self.timeout);
+        if let Some(a) = auth {
+            up.metadata_mut().insert("authorization", a);
+        }
         keel_telemetry::propagation::inject_grpc(up.metadata_mut());
         up
     }
@@ -163,13 +169,68 @@ impl pb::authentication_service_server::AuthenticationService for Authentication
 
     async fn verify_mfa(
         &self,
-        _req: Request<pb::VerifyMfaRequest>,
+        req: Request<pb::VerifyMfaRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
-        Err(keel_errors::status(
-            keel_errors::Reason::NotImplemented,
-            "multi-factor authentication is not available yet",
-            Vec::new(),
-        ))
+        self.auth
+            .clone()
+            .verify_mfa(self.upstream(req))
+            .await
+            .map_err(keel_errors::forward)
+    }
+
+    async fn enroll_mfa(
+        &self,
+        req: Request<pb::EnrollMfaRequest>,
+    ) -> Result<Response<pb::EnrollMfaResponse>, Status> {
+        self.auth
+            .clone()
+            .enroll_mfa(self.upstream(req))
+            .await
+            .map_err(keel_errors::forward)
+    }
+
+    async fn confirm_mfa(
+        &self,
+        req: Request<pb::ConfirmMfaRequest>,
+    ) -> Result<Response<pb::ConfirmMfaResponse>, Status> {
+        self.auth
+            .clone()
+            .confirm_mfa(self.upstream(req))
+            .await
+            .map_err(keel_errors::forward)
+    }
+
+    async fn disable_mfa(
+        &self,
+        req: Request<pb::DisableMfaRequest>,
+    ) -> Result<Response<pb::DisableMfaResponse>, Status> {
+        self.auth
+            .clone()
+            .disable_mfa(self.upstream(req))
+            .await
+            .map_err(keel_errors::forward)
+    }
+
+    async fn step_up(
+        &self,
+        req: Request<pb::StepUpRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        self.auth
+            .clone()
+            .step_up(self.upstream(req))
+            .await
+            .map_err(keel_errors::forward)
+    }
+
+    async fn sign_out_everywhere(
+        &self,
+        req: Request<pb::SignOutEverywhereRequest>,
+    ) -> Result<Response<pb::SignOutEverywhereResponse>, Status> {
+        self.auth
+            .clone()
+            .sign_out_everywhere(self.upstream(req))
+            .await
+            .map_err(keel_errors::forward)
     }
 
     async fn refresh(

@@ -38,6 +38,26 @@ pub const ROUTES: &[Route] = &[
         access: Access::Anonymous,
     },
     Route {
+        path: "/keel.v1.AuthenticationService/EnrollMfa",
+        access: Access::Token("account"),
+    },
+    Route {
+        path: "/keel.v1.AuthenticationService/ConfirmMfa",
+        access: Access::Token("account"),
+    },
+    Route {
+        path: "/keel.v1.AuthenticationService/DisableMfa",
+        access: Access::Token("account"),
+    },
+    Route {
+        path: "/keel.v1.AuthenticationService/StepUp",
+        access: Access::Token("account"),
+    },
+    Route {
+        path: "/keel.v1.AuthenticationService/SignOutEverywhere",
+        access: Access::Token("account"),
+    },
+    Route {
         path: "/keel.v1.DocumentService/CreateDocument",
         access: Access::Token("documents:write"),
     },
@@ -137,6 +157,13 @@ mod tests {
     fn only_login_flows_are_anonymous() {
         for r in ROUTES {
             if r.access == Access::Anonymous {
+                assert!(
+                    ["Login", "VerifyMfa", "Refresh", "Logout"]
+                        .iter()
+                        .any(|m| r.path.ends_with(&format!("/{m}"))),
+                    "{} must require a token",
+                    r.path
+                );
                 assert!(
                     r.path.starts_with("/keel.v1.AuthenticationService/"),
                     "{} must require a token",

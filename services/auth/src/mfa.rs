@@ -1,0 +1,455 @@
+//! Second factors: TOTP enrolment and confirmation, the second step of a login, step-up,
+//! recovery codes, and ending a user's other sessions when a credential changes.
+//!
+//! Each TOTP code is accepted once: the credential keeps the last accepted step and the
+//! acceptance is `UPDATE … WHERE last_step < $step` (atomic: two logins racing with one code get
+//! one success). Failed codes are limited per user (RFC 4226 §7.3, R-31).
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use keel_tenancy::TenantId;
+use keel_token::Verified;
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::identity::{Error, Identity, Issued};
+use crate::totp;
+
+/// A login waiting for its second factor lives this long.
+const MFA_TOKEN_TTL_SECS: i64 = 300;
+/// Wrong codes allowed per user within [`MFA_FAILURE_WINDOW_SECS`] before codes are refused.
+const MAX_MFA_FAILURES: i64 = 10;
+const MFA_FAILURE_WINDOW_SECS: i64 = 900;
+/// Recovery codes issued at confirmation.
+const RECOVERY_CODES: usize = 10;
+const MFA_PREFIX: &str = "mfa1";
+
+fn secret_aad(tenant: &TenantId, user: Uuid) -> Vec<u8> {
+    format!("totp|{tenant}|{user}").into_bytes()
+}
+
+fn hash(s: &str) -> Vec<u8> {
+    Sha256::digest(s.as_bytes()).to_vec()
+}
+
+fn redis_err(e: impl std::fmt::Display) -> Error {
+    Error::Redis(e.to_string())
+}
+
+fn user_of(v: &Verified) -> Result<Uuid, Error> {
+    Uuid::try_parse(&v.claims.sub).map_err(|_| Error::InvalidCredentials)
+}
+
+impl Identity {
+    /// Verifies an access token presented to auth itself (the account methods), including that
+    /// its session is still alive.
+    pub async fn authenticate(
+        &self,
+        meta: &tonic::metadata::MetadataMap,
+    ) -> Result<Verified, Error> {
+        let token = meta
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .ok_or(Error::InvalidCredentials)?;
+        let kid = keel_token::peek_kid(token).map_err(|_| Error::InvalidCredentials)?;
+        let record = self.keys.record(&kid).await?;
+        struct One(Option<keel_token::KeyRecord>);
+        impl keel_token::KeySource for One {
+            fn key(
+                &self,
+                kid: &str,
+            ) -> Result<Option<keel_token::KeyRecord>, keel_token::TokenError> {
+                Ok(self.0.clone().filter(|k| k.kid == kid))
+            }
+        }
+        let v = keel_token::Verifier {
+            issuer_base: &self.issuer_base,
+            clock: &*self.clock,
+        }
+        .verify(token, &One(record))
+        .map_err(|_| Error::InvalidCredentials)?;
+        let alive: Option<bool> = sqlx::query_scalar(
+            "SELECT revoked_at IS NULL FROM sessions WHERE tenant_id = $1 AND sid = $2",
+        )
+        .bind(v.tenant.as_str())
+        .bind(&v.claims.sid)
+        .fetch_optional(self.shards.pool(&v.tenant))
+        .await?;
+        if alive != Some(true) {
+            return Err(Error::InvalidCredentials);
+        }
+        Ok(v)
+    }
+
+    pub(crate) async fn mfa_enabled(&self, tenant: &TenantId, user: Uuid) -> Result<bool, Error> {
+        let on: Option<bool> = sqlx::query_scalar(
+            "SELECT confirmed FROM totp_credentials WHERE tenant_id = $1 AND user_id = $2",
+        )
+        .bind(tenant.as_str())
+        .bind(user)
+        .fetch_optional(self.shards.pool(tenant))
+        .await?;
+        Ok(on == Some(true))
+    }
+
+    /// Parks a password-verified login until its second factor: returns the MFA token.
+    pub(crate) async fn begin_mfa(
+        &self,
+        tenant: &TenantId,
+        user: Uuid,
+        client_id: &str,
+    ) -> Result<String, Error> {
+        let secret: [u8; 32] =
+            keel_token::keys::random_bytes().map_err(|_| Error::Corrupt("random source"))?;
+        let token = format!("{MFA_PREFIX}.{tenant}.{}", URL_SAFE_NO_PAD.encode(secret));
+        let mut conn = self.redis.get().await.map_err(redis_err)?;
+        redis::cmd("SET")
+            .arg(tenant.redis_key("keel:mfa", &URL_SAFE_NO_PAD.encode(hash(&token))))
+            .arg(format!("{user}|{client_id}"))
+            .arg("EX")
+            .arg(MFA_TOKEN_TTL_SECS)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(redis_err)?;
+        Ok(token)
+    }
+
+    /// Checks a TOTP or recovery code for `user`, consuming it. Returns the `amr` value.
+    async fn second_factor(
+        &self,
+        tenant: &TenantId,
+        user: Uuid,
+        code: &str,
+    ) -> Result<&'static str, Error> {
+        let mut conn = self.redis.get().await.map_err(redis_err)?;
+        let fail_key = tenant.redis_key("keel:mfa-fail", &user.to_string());
+        let failures: Option<i64> = redis::cmd("GET")
+            .arg(&fail_key)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err)?;
+        if failures.unwrap_or(0) >= MAX_MFA_FAILURES {
+            tracing::warn!(tenant = %tenant, user_id = %user, "second factor refused: too many failures");
+            return Err(Error::InvalidCredentials);
+        }
+        let pool = self.shards.pool(tenant);
+        let accepted = if code.len() == totp::DIGITS as usize {
+            let row = sqlx::query("SELECT sealed_secret FROM totp_credentials WHERE tenant_id = $1 AND user_id = $2 AND confirmed")
+                .bind(tenant.as_str())
+                .bind(user)
+                .fetch_optional(pool)
+                .await?;
+            match row {
+                None => false,
+                Some(row) => {
+                    let sealed: Vec<u8> = row.try_get("sealed_secret")?;
+                    let secret = self
+                        .sealer
+                        .open(&sealed, &secret_aad(tenant, user))
+                        .map_err(|_| Error::Corrupt("totp secret"))?;
+                    match totp::matching_step(&secret, code, self.clock.now()) {
+                        None => false,
+                        Some(step) => {
+                            let fresh = sqlx::query(
+                                "UPDATE totp_credentials SET last_step = $3 WHERE tenant_id = $1 AND user_id = $2 AND last_step < $3",
+                            )
+                            .bind(tenant.as_str())
+                            .bind(user)
+                            .bind(step)
+                            .execute(pool)
+                            .await?
+                            .rows_affected()
+                                == 1;
+                            if !fresh {
+                                tracing::warn!(tenant = %tenant, user_id = %user, "replayed TOTP code refused");
+                            }
+                            fresh
+                        }
+                    }
+                }
+            }
+        } else {
+            sqlx::query(
+                "UPDATE recovery_codes SET used_at = now() WHERE tenant_id = $1 AND user_id = $2 AND code_hash = $3 AND used_at IS NULL",
+            )
+            .bind(tenant.as_str())
+            .bind(user)
+            .bind(hash(code.trim()))
+            .execute(pool)
+            .await?
+            .rows_affected()
+                == 1
+        };
+        if !accepted {
+            let _: i64 = redis::pipe()
+                .atomic()
+                .cmd("INCR")
+                .arg(&fail_key)
+                .cmd("EXPIRE")
+                .arg(&fail_key)
+                .arg(MFA_FAILURE_WINDOW_SECS)
+                .ignore()
+                .query_async::<(i64,)>(&mut conn)
+                .await
+                .map_err(redis_err)?
+                .0;
+            return Err(Error::InvalidCredentials);
+        }
+        let _: () = redis::cmd("DEL")
+            .arg(&fail_key)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err)?;
+        Ok(if code.len() == totp::DIGITS as usize {
+            "otp"
+        } else {
+            "recovery"
+        })
+    }
+
+    /// The second step of a login that answered `mfa_required`.
+    pub async fn verify_mfa(&self, mfa_token: &str, code: &str) -> Result<Issued, Error> {
+        let mut parts = mfa_token.splitn(3, '.');
+        let tenant = match (parts.next(), parts.next(), parts.next()) {
+            (Some(MFA_PREFIX), Some(t), Some(s)) if !s.is_empty() && mfa_token.len() <= 256 => {
+                TenantId::parse(t).map_err(|_| Error::InvalidCredentials)?
+            }
+            _ => return Err(Error::InvalidCredentials),
+        };
+        let key = tenant.redis_key("keel:mfa", &URL_SAFE_NO_PAD.encode(hash(mfa_token)));
+        let mut conn = self.redis.get().await.map_err(redis_err)?;
+        let parked: Option<String> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err)?;
+        let (user, client_id) = parked
+            .as_deref()
+            .and_then(|p| p.split_once('|'))
+            .and_then(|(u, c)| Some((Uuid::try_parse(u).ok()?, c.to_owned())))
+            .ok_or(Error::InvalidCredentials)?;
+        let amr = self.second_factor(&tenant, user, code).await?;
+        // Single use: whoever deletes the parked login first completes it.
+        let deleted: i64 = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err)?;
+        if deleted != 1 {
+            return Err(Error::InvalidCredentials);
+        }
+        let (roles, tier) = self.user_roles_and_tier(&tenant, user).await?;
+        self.start_session(
+            &tenant,
+            &tier,
+            user,
+            roles,
+            &client_id,
+            "mfa",
+            vec!["pwd".into(), amr.into()],
+            self.clock.now(),
+        )
+        .await
+    }
+
+    async fn user_roles_and_tier(
+        &self,
+        tenant: &TenantId,
+        user: Uuid,
+    ) -> Result<(Vec<String>, String), Error> {
+        let roles: Option<Vec<String>> = sqlx::query_scalar(
+            "SELECT roles FROM users WHERE tenant_id = $1 AND user_id = $2 AND NOT disabled",
+        )
+        .bind(tenant.as_str())
+        .bind(user)
+        .fetch_optional(self.shards.pool(tenant))
+        .await?;
+        let roles = roles.ok_or(Error::InvalidCredentials)?;
+        let tier = self.tenants.get(tenant).await?.tier.as_str().to_owned();
+        Ok((roles, tier))
+    }
+
+    pub async fn enroll_mfa(&self, v: &Verified) -> Result<(String, String), Error> {
+        let user = user_of(v)?;
+        if self.mfa_enabled(&v.tenant, user).await? {
+            return Err(Error::InvalidArgument {
+                field: "mfa",
+                problem: "MFA is already on; disable it first".into(),
+            });
+        }
+        let secret: [u8; totp::SECRET_BYTES] =
+            keel_token::keys::random_bytes().map_err(|_| Error::Corrupt("random source"))?;
+        let sealed = self
+            .sealer
+            .seal(&secret, &secret_aad(&v.tenant, user))
+            .map_err(|_| Error::Corrupt("seal"))?;
+        sqlx::query(
+            "INSERT INTO totp_credentials (tenant_id, user_id, sealed_secret) VALUES ($1, $2, $3)
+             ON CONFLICT (tenant_id, user_id) DO UPDATE SET sealed_secret = EXCLUDED.sealed_secret, confirmed = false, last_step = 0",
+        )
+        .bind(v.tenant.as_str())
+        .bind(user)
+        .bind(sealed)
+        .execute(self.shards.pool(&v.tenant))
+        .await?;
+        let username: String =
+            sqlx::query_scalar("SELECT username FROM users WHERE tenant_id = $1 AND user_id = $2")
+                .bind(v.tenant.as_str())
+                .bind(user)
+                .fetch_one(self.shards.pool(&v.tenant))
+                .await?;
+        Ok((
+            totp::otpauth_uri(&format!("keel {}", v.tenant), &username, &secret),
+            totp::base32(&secret),
+        ))
+    }
+
+    pub async fn confirm_mfa(&self, v: &Verified, code: &str) -> Result<Vec<String>, Error> {
+        let user = user_of(v)?;
+        let pool = self.shards.pool(&v.tenant);
+        let row = sqlx::query("SELECT sealed_secret FROM totp_credentials WHERE tenant_id = $1 AND user_id = $2 AND NOT confirmed")
+            .bind(v.tenant.as_str())
+            .bind(user)
+            .fetch_optional(pool)
+            .await?
+            .ok_or_else(|| Error::InvalidArgument { field: "mfa", problem: "no enrolment is pending; call EnrollMfa".into() })?;
+        let sealed: Vec<u8> = row.try_get("sealed_secret")?;
+        let secret = self
+            .sealer
+            .open(&sealed, &secret_aad(&v.tenant, user))
+            .map_err(|_| Error::Corrupt("totp secret"))?;
+        let step = totp::matching_step(&secret, code, self.clock.now())
+            .ok_or(Error::InvalidCredentials)?;
+        let mut codes = Vec::with_capacity(RECOVERY_CODES);
+        let mut tx = self.shards.begin(&v.tenant).await?;
+        sqlx::query("UPDATE totp_credentials SET confirmed = true, last_step = $3 WHERE tenant_id = $1 AND user_id = $2")
+            .bind(v.tenant.as_str())
+            .bind(user)
+            .bind(step)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM recovery_codes WHERE tenant_id = $1 AND user_id = $2")
+            .bind(v.tenant.as_str())
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+        for _ in 0..RECOVERY_CODES {
+            let raw: [u8; 16] =
+                keel_token::keys::random_bytes().map_err(|_| Error::Corrupt("random source"))?;
+            let code = totp::base32(&raw).to_lowercase();
+            sqlx::query(
+                "INSERT INTO recovery_codes (tenant_id, user_id, code_hash) VALUES ($1, $2, $3)",
+            )
+            .bind(v.tenant.as_str())
+            .bind(user)
+            .bind(hash(&code))
+            .execute(&mut *tx)
+            .await?;
+            codes.push(code);
+        }
+        tx.commit().await?;
+        let ended = self
+            .end_sessions(&v.tenant, user, Some(&v.claims.sid))
+            .await?;
+        tracing::info!(tenant = %v.tenant, user_id = %user, other_sessions_ended = ended, "MFA enabled");
+        Ok(codes)
+    }
+
+    pub async fn disable_mfa(&self, v: &Verified, code: &str) -> Result<(), Error> {
+        let user = user_of(v)?;
+        self.second_factor(&v.tenant, user, code).await?;
+        let mut tx = self.shards.begin(&v.tenant).await?;
+        for table in ["totp_credentials", "recovery_codes"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE tenant_id = $1 AND user_id = $2"
+            )))
+            .bind(v.tenant.as_str())
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        let ended = self
+            .end_sessions(&v.tenant, user, Some(&v.claims.sid))
+            .await?;
+        tracing::info!(tenant = %v.tenant, user_id = %user, other_sessions_ended = ended, "MFA disabled");
+        Ok(())
+    }
+
+    /// Re-verifies a factor: a new session with `acr=mfa` and a fresh `auth_time`; the old
+    /// session ends (ASVS 7.2.4).
+    pub async fn step_up(&self, v: &Verified, code: &str) -> Result<Issued, Error> {
+        let user = user_of(v)?;
+        let amr = self.second_factor(&v.tenant, user, code).await?;
+        let (roles, tier) = self.user_roles_and_tier(&v.tenant, user).await?;
+        let issued = self
+            .start_session(
+                &v.tenant,
+                &tier,
+                user,
+                roles,
+                &v.claims.client_id,
+                "mfa",
+                vec!["pwd".into(), amr.into()],
+                self.clock.now(),
+            )
+            .await?;
+        self.end_session(&v.tenant, &v.claims.sid).await?;
+        tracing::info!(tenant = %v.tenant, user_id = %user, "step-up succeeded; previous session ended");
+        Ok(issued)
+    }
+
+    pub async fn sign_out_everywhere(&self, v: &Verified) -> Result<u32, Error> {
+        let user = user_of(v)?;
+        self.end_sessions(&v.tenant, user, None).await
+    }
+
+    async fn end_session(&self, tenant: &TenantId, sid: &str) -> Result<(), Error> {
+        let mut tx = self.shards.begin(tenant).await?;
+        let families: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT family_id FROM refresh_families WHERE tenant_id = $1 AND sid = $2",
+        )
+        .bind(tenant.as_str())
+        .bind(sid)
+        .fetch_all(&mut *tx)
+        .await?;
+        let now = self.clock.now();
+        for f in families {
+            self.revoke_family(&mut tx, tenant, f, now).await?;
+        }
+        sqlx::query("UPDATE sessions SET revoked_at = COALESCE(revoked_at, now()) WHERE tenant_id = $1 AND sid = $2")
+            .bind(tenant.as_str())
+            .bind(sid)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.publish_revocation(tenant, sid).await
+    }
+
+    /// Ends every live session of `user` except `keep`; returns how many ended.
+    pub async fn end_sessions(
+        &self,
+        tenant: &TenantId,
+        user: Uuid,
+        keep: Option<&str>,
+    ) -> Result<u32, Error> {
+        let sids: Vec<String> = sqlx::query_scalar(
+            "SELECT sid FROM sessions WHERE tenant_id = $1 AND user_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(tenant.as_str())
+        .bind(user)
+        .fetch_all(self.shards.pool(tenant))
+        .await?;
+        let mut n = 0;
+        for sid in sids.iter().filter(|s| Some(s.as_str()) != keep) {
+            self.end_session(tenant, sid).await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
