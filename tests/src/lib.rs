@@ -128,6 +128,7 @@ pub fn base_env(servers: &Servers, id: &str, database_urls: &[String]) -> Env {
         ("KEEL_AUTH_MASTER_KEY", test_master_key()),
         ("KEEL_AUTH_HASH_CONCURRENCY", "2".into()),
     ]);
+    env = env.with("KEEL_AUTH_HTTP_ADDR", "127.0.0.1:0");
     for svc in ["AUTH", "INFERENCE", "POSTPROC", "GATEWAY"] {
         env = env
             .with(format!("KEEL_{svc}_GRPC_ADDR"), "127.0.0.1:0")

@@ -410,3 +410,46 @@ async fn row_29_key_rotation_rehearsal_through_the_gateway() {
     list(&stack, &new_token).await.unwrap();
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_tenant_publishes_its_own_jwks_with_public_keys_only() {
+    let stack = TestStack::start().await.unwrap();
+    let (token, _) = setup(&stack).await;
+    let http = stack.auth.as_ref().unwrap().http_addr().unwrap();
+    let (code, body) = keel_tests::admin_get(http, "/t/acme/jwks.json")
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let jwks: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let keys = jwks["keys"].as_array().unwrap();
+    let kid = keel_token::peek_kid(&token).unwrap();
+    let key = keys
+        .iter()
+        .find(|k| k["kid"] == kid.as_str())
+        .expect("the signing key is published");
+    assert_eq!(
+        (
+            key["kty"].as_str(),
+            key["crv"].as_str(),
+            key["alg"].as_str()
+        ),
+        (Some("OKP"), Some("Ed25519"), Some("EdDSA"))
+    );
+    assert!(
+        keys.iter().all(|k| k.get("d").is_none()),
+        "no private material"
+    );
+    // Another tenant's issuer does not publish acme's keys; unknown or malformed issuers are 404.
+    stack.create_tenant("globex").await.unwrap();
+    for path in [
+        "/t/globex/jwks.json",
+        "/t/nobody/jwks.json",
+        "/t/..%2F..%2Fetc/jwks.json",
+        "/t/ACME/jwks.json",
+    ] {
+        let (code, body) = keel_tests::admin_get(http, path).await.unwrap();
+        assert_eq!(code, 404, "{path}: {body}");
+        assert!(!body.contains(&kid), "{path}");
+    }
+    stack.shutdown().await;
+}

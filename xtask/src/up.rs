@@ -195,7 +195,7 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
 keel is up ({secs:.1}s).
 
   gateway   gRPC {gateway_url}   admin http://{gw_admin}  (/livez /readyz /metrics)
-  auth      gRPC {auth_url}   admin http://{auth_admin}
+  auth      gRPC {auth_url}   JWKS http://127.0.0.1:8081/t/{DEMO_TENANT}/jwks.json   admin http://{auth_admin}
   inference gRPC {inference_url}   admin http://{inf_admin}
   postproc  admin http://{pp_admin}
   postgres  {pg} (databases {dbs})   redis {redis}   nats {nats}

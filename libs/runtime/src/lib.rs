@@ -85,6 +85,7 @@ pub struct Host {
     name: &'static str,
     grpc_addr: SocketAddr,
     admin_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     tasks: Tasks,
     readiness: Readiness,
     grace: Duration,
@@ -103,6 +104,8 @@ pub struct HostSpec {
     pub trust_tenant_header: bool,
     /// Admission control for every call (the public gateway's authentication).
     pub gate: Option<std::sync::Arc<dyn layer::Gate>>,
+    /// A public HTTP surface and where to serve it (auth's OIDC endpoints).
+    pub http: Option<(SocketAddr, axum::Router)>,
 }
 
 impl Host {
@@ -114,6 +117,11 @@ impl Host {
     ) -> Result<Host, RuntimeError> {
         let grpc = bind("gRPC", cfg.grpc_addr).await?;
         let admin = bind("admin HTTP", cfg.admin_addr).await?;
+        let http = match spec.http {
+            Some((addr, router)) => Some((bind("HTTP", addr).await?, router)),
+            None => None,
+        };
+        let http_addr = http.as_ref().and_then(|(l, _)| l.local_addr().ok());
         let grpc_addr = grpc.local_addr().unwrap_or(cfg.grpc_addr);
         let admin_addr = admin.local_addr().unwrap_or(cfg.admin_addr);
 
@@ -142,6 +150,17 @@ impl Host {
                 tracing::error!(error = %e, "gRPC server failed");
             }
         });
+        if let Some((listener, router)) = http {
+            let token = tasks.token();
+            tasks.spawn("http-server", async move {
+                let result = axum::serve(listener, router)
+                    .with_graceful_shutdown(token.cancelled_owned())
+                    .await;
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "HTTP server failed");
+                }
+            });
+        }
         let admin_router = health::admin_router(readiness.clone());
         let token = tasks.token();
         tasks.spawn("admin-server", async move {
@@ -163,6 +182,7 @@ impl Host {
             name: spec.name,
             grpc_addr,
             admin_addr,
+            http_addr,
             tasks,
             readiness,
             grace: cfg.shutdown_grace,
@@ -176,6 +196,11 @@ impl Host {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// The public HTTP listener, when the service has one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     pub fn readiness(&self) -> &Readiness {

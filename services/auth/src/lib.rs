@@ -10,6 +10,7 @@ pub mod grpc;
 pub mod identity;
 pub mod keys;
 pub mod mfa;
+pub mod oidc;
 pub mod passwords;
 pub mod seal;
 pub mod tenants;
@@ -23,8 +24,9 @@ use keel_runtime::{Check, Host, HostConfig, HostSpec, Tasks};
 use keel_store::{Shards, StoreConfig};
 use keel_token::{Clock, SystemClock};
 
-/// Default ports: gRPC 50052, admin 9092 (HTTP 8081 is reserved for the OIDC endpoints).
+/// Default ports: gRPC 50052, HTTP 8081 (JWKS and OIDC), admin 9092.
 pub const DEFAULT_GRPC_PORT: u16 = 50052;
+pub const DEFAULT_HTTP_PORT: u16 = 8081;
 pub const DEFAULT_ADMIN_PORT: u16 = 9092;
 pub const SCHEMA: &str = "auth";
 /// How often due key rotations are applied.
@@ -35,6 +37,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 #[derive(Clone)]
 pub struct Config {
     pub host: HostConfig,
+    /// The public HTTP listener (JWKS; OIDC endpoints to come).
+    pub http_addr: std::net::SocketAddr,
     pub store: StoreConfig,
     pub redis_url: String,
     /// Standard base64 of 32 random bytes; seals private keys at rest.
@@ -87,6 +91,10 @@ impl Config {
         }
         Ok(Config {
             host: HostConfig::from_env(env, "KEEL_AUTH", DEFAULT_GRPC_PORT, DEFAULT_ADMIN_PORT)?,
+            http_addr: env.addr(
+                "KEEL_AUTH_HTTP_ADDR",
+                std::net::SocketAddr::from(([127, 0, 0, 1], DEFAULT_HTTP_PORT)),
+            )?,
             store: StoreConfig::from_env(env)?,
             redis_url: env.url("KEEL_REDIS_URL", &["redis", "rediss"])?,
             master_key,
@@ -185,6 +193,7 @@ pub async fn start_with_clock(cfg: Config, clock: Arc<dyn Clock>) -> Result<Host
             checks,
             trust_tenant_header: true,
             gate: None,
+            http: Some((cfg.http_addr, oidc::router(keys.clone()))),
         },
         tasks.clone(),
     )

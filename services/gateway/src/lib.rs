@@ -112,6 +112,7 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
                 auth,
                 redis,
             ))),
+            http: None,
         },
         Tasks::new(),
     )

@@ -94,6 +94,7 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
             checks,
             trust_tenant_header: true,
             gate: None,
+            http: None,
         },
         tasks.clone(),
     )
