@@ -453,3 +453,44 @@ async fn each_tenant_publishes_its_own_jwks_with_public_keys_only() {
     }
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn security_events_reach_jetstream_as_audit_events_with_the_tenant_header() {
+    use futures::StreamExt;
+    use prost::Message;
+    let stack = TestStack::start().await.unwrap();
+    let (_, rt1) = setup(&stack).await;
+    let mut c = auth_client(&stack).await;
+    c.login(pb::LoginRequest { tenant_id: "acme".into(), username: "alice".into(), password: "not the password".into(), client_id: "t".into() })
+        .await
+        .unwrap_err();
+    let (_, _rt2) = refresh(&stack, &rt1).await.unwrap();
+    refresh(&stack, &rt1).await.unwrap_err(); // reuse
+
+    let bus = keel_bus::Bus::connect(keel_bus::BusConfig::from_env(&stack.env).unwrap()).await.unwrap();
+    let stream = bus.jetstream().get_stream(&bus.config().stream).await.unwrap();
+    let consumer: async_nats::jetstream::consumer::PullConsumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            filter_subject: format!("{}.events.acme.audit.>", bus.config().subject_prefix),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let wanted = ["session.started", "login.failed", "refresh.reuse_detected"];
+    let mut kinds: Vec<String> = Vec::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    while !wanted.iter().all(|w| kinds.iter().any(|k| k == w)) && std::time::Instant::now() < deadline {
+        let mut batch = consumer.fetch().max_messages(50).expires(Duration::from_millis(300)).messages().await.unwrap();
+        while let Some(Ok(m)) = batch.next().await {
+            assert_eq!(m.headers.as_ref().and_then(|h| h.get("Keel-Tenant-Id")).map(|v| v.as_str()), Some("acme"));
+            let ev = keel_proto::events::AuditEvent::decode(m.payload.as_ref()).unwrap();
+            assert_eq!(ev.tenant_id, "acme");
+            kinds.push(ev.kind);
+            m.ack().await.unwrap();
+        }
+    }
+    for k in wanted {
+        assert!(kinds.iter().any(|x| x == k), "{k} missing from {kinds:?}");
+    }
+    stack.shutdown().await;
+}

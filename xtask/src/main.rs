@@ -30,6 +30,7 @@ commands:
   up       run the whole stack locally with a demo tenant (Ctrl-C stops it)
   test     start an isolated stack and run the whole test suite against it
   stack    start only PostgreSQL, Redis and NATS and print their URLs (Ctrl-C stops them)
+  bench auth   token verifications/s/core, refreshes/s and login latency (release build)
 ";
 
 fn main() -> ExitCode {
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
         Some("up") => up::run(&args[1..]),
         Some("test") => test(&args[1..]),
         Some("stack") => stack_only(),
+        Some("bench") => bench(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             eprint!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -87,6 +89,40 @@ fn test(extra: &[String]) -> Result<ExitCode> {
         eprintln!("xtask: tests FAILED after {secs:.0}s");
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// `cargo xtask bench auth`: the benchmark binary, in release, against a throwaway stack.
+fn bench(args: &[String]) -> Result<ExitCode> {
+    let what = args.first().map(String::as_str);
+    if what != Some("auth") {
+        eprintln!("usage: cargo xtask bench auth");
+        return Ok(ExitCode::from(2));
+    }
+    let root = workspace_root();
+    let tools = install::ensure(&root)?;
+    let dir = stack::TempDir::new("keel-bench")?;
+    let stop = stack::install_signal_handler()?;
+    let stack = stack::Stack::start(&tools, dir.path(), stack::Profile::Throwaway)?;
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(&root)
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "keel-tests",
+            "--bin",
+            "bench_auth",
+        ])
+        .env("RUST_LOG", "error")
+        .envs(stack.test_env());
+    let status = stack::run_interruptible(&mut cmd, &stop)?;
+    drop(stack);
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn stack_only() -> Result<ExitCode> {

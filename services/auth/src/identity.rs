@@ -168,6 +168,7 @@ pub struct Identity {
     pub issuer_base: String,
     pub lifetimes: Lifetimes,
     pub sealer: crate::seal::Sealer,
+    pub audit: crate::audit::Audit,
 }
 
 pub(crate) struct SessionInfo {
@@ -270,6 +271,14 @@ impl Identity {
         let Some(row) = reserved else {
             self.hasher.verify(password, None).await;
             tracing::info!(tenant = %tenant, "login refused");
+            self.audit_alone(
+                &tenant,
+                "login.failed",
+                None,
+                None,
+                vec![("cause", "unknown, disabled or locked account".into())],
+            )
+            .await;
             return Err(Error::InvalidCredentials);
         };
         let user_id: Uuid = row.try_get("user_id")?;
@@ -292,6 +301,14 @@ impl Identity {
                 .await?;
             }
             tracing::info!(tenant = %tenant, user_id = %user_id, failures, "login failed");
+            self.audit_alone(
+                &tenant,
+                "login.failed",
+                Some(user_id),
+                None,
+                vec![("consecutive_failures", failures.to_string())],
+            )
+            .await;
             return Err(Error::InvalidCredentials);
         }
         sqlx::query("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE tenant_id = $1 AND user_id = $2")
@@ -376,7 +393,22 @@ impl Identity {
         .await?;
         let refresh = self.new_refresh_token(&mut tx, tenant, family, 0).await?;
         let access = self.access_token(tenant, tier, &session, now).await?;
+        self.audit
+            .record(
+                &mut tx,
+                tenant,
+                "session.started",
+                Some(user_id),
+                Some(&session.sid),
+                vec![
+                    ("acr", session.acr.clone()),
+                    ("amr", session.amr.join(" ")),
+                    ("client_id", session.client_id.clone()),
+                ],
+            )
+            .await?;
         tx.commit().await?;
+        self.audit.wake();
         Ok(Issued {
             access_token: access,
             refresh_token: refresh,
@@ -473,7 +505,18 @@ impl Identity {
             if let Some(row) = known {
                 let family: Uuid = row.try_get("family_id")?;
                 let sid = self.revoke_family(&mut tx, &tenant, family, now).await?;
+                self.audit
+                    .record(
+                        &mut tx,
+                        &tenant,
+                        "refresh.reuse_detected",
+                        None,
+                        sid.as_deref(),
+                        vec![("family_id", family.to_string())],
+                    )
+                    .await?;
                 tx.commit().await?;
+                self.audit.wake();
                 tracing::warn!(tenant = %tenant, family = %family, "refresh token reuse detected; family and session revoked");
                 if let Some(sid) = sid {
                     self.publish_revocation(&tenant, &sid).await?;
@@ -613,6 +656,31 @@ impl Identity {
             .execute(&mut **tx)
             .await?;
         Ok(Some(sid))
+    }
+
+    /// Records an audit event that joins no change (a failed login). A failure to record is
+    /// logged, not returned: the caller's answer does not depend on it.
+    pub(crate) async fn audit_alone(
+        &self,
+        tenant: &TenantId,
+        kind: &'static str,
+        user: Option<Uuid>,
+        sid: Option<&str>,
+        details: Vec<(&str, String)>,
+    ) {
+        let result = async {
+            let mut conn = self.shards.pool(tenant).acquire().await?;
+            self.audit
+                .record(&mut conn, tenant, kind, user, sid, details)
+                .await
+        }
+        .await;
+        match result {
+            Ok(()) => self.audit.wake(),
+            Err(e) => {
+                tracing::warn!(tenant = %tenant, kind, error = %e, "audit event not recorded")
+            }
+        }
     }
 
     /// Tells resource servers the session is dead: its access tokens stop working at once,

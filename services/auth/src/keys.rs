@@ -37,6 +37,7 @@ pub struct KeyStore {
     sealer: Sealer,
     clock: Arc<dyn Clock>,
     active: Arc<Mutex<ActiveKeys>>,
+    audit: crate::audit::Audit,
 }
 
 fn row_to_record(row: &sqlx::postgres::PgRow) -> Result<KeyRecord, Error> {
@@ -60,13 +61,33 @@ fn row_to_record(row: &sqlx::postgres::PgRow) -> Result<KeyRecord, Error> {
 }
 
 impl KeyStore {
-    pub fn new(shards: Shards, sealer: Sealer, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(
+        shards: Shards,
+        sealer: Sealer,
+        clock: Arc<dyn Clock>,
+        audit: crate::audit::Audit,
+    ) -> Self {
         KeyStore {
             shards,
             sealer,
             clock,
             active: Arc::default(),
+            audit,
         }
+    }
+
+    async fn record_audit(
+        &self,
+        tenant: &TenantId,
+        kind: &'static str,
+        details: Vec<(&str, String)>,
+    ) -> Result<(), Error> {
+        let mut conn = self.shards.pool(tenant).acquire().await?;
+        self.audit
+            .record(&mut conn, tenant, kind, None, None, details)
+            .await?;
+        self.audit.wake();
+        Ok(())
     }
 
     async fn insert(
@@ -209,6 +230,15 @@ impl KeyStore {
             self.promote_due(tenant).await?;
         }
         tracing::info!(tenant = %tenant, kid = %rec.kid, activate_after, "signing key rotation scheduled");
+        self.record_audit(
+            tenant,
+            "key.rotated",
+            vec![
+                ("kid", rec.kid.clone()),
+                ("activate_after_seconds", activate_after.to_string()),
+            ],
+        )
+        .await?;
         Ok(self.record(&rec.kid).await?.unwrap_or(rec))
     }
 
@@ -226,6 +256,8 @@ impl KeyStore {
                     cache.remove(&rec.tenant);
                 }
                 tracing::warn!(tenant = %rec.tenant, kid = %kid, "signing key revoked");
+                self.record_audit(&rec.tenant, "key.revoked", vec![("kid", kid.to_owned())])
+                    .await?;
                 return Ok(Some(rec));
             }
         }

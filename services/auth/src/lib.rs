@@ -6,6 +6,7 @@
 //!   refresh-token families with reuse detection, revocation pushed to the gateway via Redis.
 //! * [`grpc`] — `TenantDirectory`, `Authentication`, `KeyDirectory`, `IdentityAdmin`.
 
+pub mod audit;
 pub mod grpc;
 pub mod identity;
 pub mod keys;
@@ -37,6 +38,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 #[derive(Clone)]
 pub struct Config {
     pub host: HostConfig,
+    pub bus: keel_bus::BusConfig,
     /// The public HTTP listener (JWKS; OIDC endpoints to come).
     pub http_addr: std::net::SocketAddr,
     pub store: StoreConfig,
@@ -96,6 +98,7 @@ impl Config {
                 std::net::SocketAddr::from(([127, 0, 0, 1], DEFAULT_HTTP_PORT)),
             )?,
             store: StoreConfig::from_env(env)?,
+            bus: keel_bus::BusConfig::from_env(env)?,
             redis_url: env.url("KEEL_REDIS_URL", &["redis", "rediss"])?,
             master_key,
             issuer_base: env.or(
@@ -121,6 +124,8 @@ pub enum StartError {
     Store(#[from] keel_store::StoreError),
     #[error("{0}")]
     Setup(String),
+    #[error(transparent)]
+    Bus(#[from] keel_bus::BusError),
 }
 
 /// Starts the service with the system clock.
@@ -134,7 +139,8 @@ pub async fn start_with_clock(cfg: Config, clock: Arc<dyn Clock>) -> Result<Host
     let dir = tenants::Directory::new(shards.clone());
     let sealer =
         seal::Sealer::from_base64(&cfg.master_key).map_err(|e| StartError::Setup(e.to_string()))?;
-    let keys = keys::KeyStore::new(shards.clone(), sealer.clone(), clock.clone());
+    let audit = audit::Audit::new(keel_outbox::Wakeup::default());
+    let keys = keys::KeyStore::new(shards.clone(), sealer.clone(), clock.clone(), audit.clone());
     let redis = deadpool_redis::Config::from_url(cfg.redis_url.clone())
         .create_pool(Some(deadpool_redis::Runtime::Tokio1))
         .map_err(|e| StartError::Setup(e.to_string()))?;
@@ -149,6 +155,7 @@ pub async fn start_with_clock(cfg: Config, clock: Arc<dyn Clock>) -> Result<Host
         issuer_base: cfg.issuer_base.clone(),
         lifetimes: cfg.lifetimes.clone(),
         sealer,
+        audit: audit.clone(),
     };
     let routes = tonic::service::Routes::new(
         keel_proto::auth::tenant_directory_server::TenantDirectoryServer::new(
@@ -170,6 +177,7 @@ pub async fn start_with_clock(cfg: Config, clock: Arc<dyn Clock>) -> Result<Host
             grpc::IdentityAdminService::new(identity),
         ),
     );
+    let bus = keel_bus::Bus::connect(cfg.bus.clone()).await?;
     let check_shards = shards.clone();
     let checks = vec![
         Check::new("postgres", move || {
@@ -177,6 +185,16 @@ pub async fn start_with_clock(cfg: Config, clock: Arc<dyn Clock>) -> Result<Host
             async move { shards.ready(&MIGRATOR).await }
         }),
         keel_runtime::health::redis_ping("redis", redis),
+        {
+            let bus = bus.clone();
+            Check::new("nats", move || {
+                let bus = bus.clone();
+                async move {
+                    bus.ping().await?;
+                    bus.ensure_stream().await.map(|_| ())
+                }
+            })
+        },
     ];
     let tasks = Tasks::new();
     let mut host = Host::start(
@@ -213,6 +231,16 @@ pub async fn start_with_clock(cfg: Config, clock: Arc<dyn Clock>) -> Result<Host
                 tracing::warn!(error = %e, "key rotation tick failed");
             }
         }
+    });
+    let token = tasks.token();
+    let relay_shards = shards.clone();
+    let relay_cfg = keel_outbox::RelayConfig {
+        batch: keel_outbox::DEFAULT_RELAY_BATCH,
+        interval: keel_outbox::DEFAULT_RELAY_INTERVAL,
+    };
+    let wakeup = audit.wakeup();
+    tasks.spawn("outbox-relay", async move {
+        keel_outbox::run_relay(relay_shards, bus, relay_cfg, wakeup, token).await;
     });
     host.on_shutdown(async move { shards.close().await });
     Ok(host)

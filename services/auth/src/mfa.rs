@@ -167,6 +167,14 @@ impl Identity {
                                 == 1;
                             if !fresh {
                                 tracing::warn!(tenant = %tenant, user_id = %user, "replayed TOTP code refused");
+                                self.audit_alone(
+                                    tenant,
+                                    "mfa.code_replayed",
+                                    Some(user),
+                                    None,
+                                    vec![("step", step.to_string())],
+                                )
+                                .await;
                             }
                             fresh
                         }
@@ -427,7 +435,18 @@ impl Identity {
             .bind(sid)
             .execute(&mut *tx)
             .await?;
+        self.audit
+            .record(
+                &mut tx,
+                tenant,
+                "session.revoked",
+                None,
+                Some(sid),
+                Vec::new(),
+            )
+            .await?;
         tx.commit().await?;
+        self.audit.wake();
         self.publish_revocation(tenant, sid).await
     }
 

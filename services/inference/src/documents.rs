@@ -10,7 +10,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::outbox::{self, NewEvent};
+use keel_outbox::{self as outbox, NewEvent};
 
 /// Title limit in characters: enough for any real title, small enough to index and display.
 pub const MAX_TITLE_CHARS: usize = 512;

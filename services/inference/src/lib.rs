@@ -4,12 +4,11 @@
 //!
 //! * [`Config`] — typed configuration from an injected environment.
 //! * [`Application`] — binds, serves `keel.inference.v1.DocumentStore`, runs the outbox relay.
-//! * [`documents`] — domain and storage; [`outbox`] — outbox writes and relay; [`grpc`] — the edge.
+//! * [`documents`] — domain and storage; [`grpc`] — the edge.
 
 pub mod documents;
 pub mod error;
 pub mod grpc;
-pub mod outbox;
 
 use keel_bus::{Bus, BusConfig};
 use keel_config::{ConfigError, Env};
@@ -32,7 +31,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub bus: BusConfig,
     pub redis_url: String,
-    pub relay: outbox::RelayConfig,
+    pub relay: keel_outbox::RelayConfig,
 }
 
 impl Config {
@@ -47,9 +46,10 @@ impl Config {
             store: StoreConfig::from_env(env)?,
             bus: BusConfig::from_env(env)?,
             redis_url: env.url("KEEL_REDIS_URL", &["redis", "rediss"])?,
-            relay: outbox::RelayConfig {
-                batch: env.or("KEEL_OUTBOX_BATCH", outbox::DEFAULT_RELAY_BATCH)?,
-                interval: env.duration("KEEL_OUTBOX_INTERVAL", outbox::DEFAULT_RELAY_INTERVAL)?,
+            relay: keel_outbox::RelayConfig {
+                batch: env.or("KEEL_OUTBOX_BATCH", keel_outbox::DEFAULT_RELAY_BATCH)?,
+                interval: env
+                    .duration("KEEL_OUTBOX_INTERVAL", keel_outbox::DEFAULT_RELAY_INTERVAL)?,
             },
         })
     }
@@ -76,7 +76,7 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
     let redis = deadpool_redis::Config::from_url(cfg.redis_url.clone())
         .create_pool(Some(deadpool_redis::Runtime::Tokio1))
         .map_err(|e| StartError::Redis(e.to_string()))?;
-    let wakeup = outbox::Wakeup::default();
+    let wakeup = keel_outbox::Wakeup::default();
     let docs = documents::Documents::new(shards.clone(), wakeup.clone());
     let routes = tonic::service::Routes::new(
         keel_proto::inference::document_store_server::DocumentStoreServer::new(
@@ -120,7 +120,7 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
     let token = tasks.token();
     let relay_shards = shards.clone();
     tasks.spawn("outbox-relay", async move {
-        outbox::run_relay(relay_shards, bus, cfg.relay, wakeup, token).await;
+        keel_outbox::run_relay(relay_shards, bus, cfg.relay, wakeup, token).await;
     });
     host.on_shutdown(async move { shards.close().await });
     Ok(host)

@@ -1,4 +1,5 @@
-//! The transactional outbox and its relay.
+//! The transactional outbox and its relay, shared by every service that emits events (each in
+//! its own schema's `outbox` table, created by its migrations with the same shape).
 //!
 //! A change and the event announcing it are written in one transaction ([`insert`]). The relay
 //! ([`run_relay`]) claims unsent rows with `FOR UPDATE SKIP LOCKED` (several replicas may run
@@ -54,10 +55,7 @@ impl<'a> NewEvent<'a> {
 }
 
 /// Writes an event in the caller's transaction, with the current trace context.
-pub async fn insert(
-    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
-    ev: NewEvent<'_>,
-) -> Result<(), sqlx::Error> {
+pub async fn insert(tx: &mut sqlx::PgConnection, ev: NewEvent<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO outbox (id, tenant_id, kind, event_type, schema_version, payload, traceparent)
          VALUES ($1, $2, $3, $4, 1, $5, $6)",
@@ -68,7 +66,7 @@ pub async fn insert(
     .bind(ev.event_type)
     .bind(ev.payload)
     .bind(keel_telemetry::current_traceparent())
-    .execute(&mut **tx)
+    .execute(tx)
     .await?;
     Ok(())
 }
