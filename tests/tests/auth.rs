@@ -494,3 +494,20 @@ async fn security_events_reach_jetstream_as_audit_events_with_the_tenant_header(
     }
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_logins_and_refreshes_do_not_starve_a_small_pool() {
+    // Two connections per shard: a transaction that waited for a second connection would
+    // deadlock here until the acquire timeout.
+    let stack = TestStack::start_with(|e| e.with("KEEL_DB_MAX_CONNECTIONS", "2")).await.unwrap();
+    stack.create_tenant("acme").await.unwrap();
+    stack.create_user("acme", "alice", &["member"]).await.unwrap();
+    let chains = (0..8).map(|_| async {
+        let (_, mut rt) = stack.login("acme", "alice").await.unwrap();
+        for _ in 0..3 {
+            rt = refresh(&stack, &rt).await.unwrap().1;
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(chains)).await.expect("no starvation");
+    stack.shutdown().await;
+}

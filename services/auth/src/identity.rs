@@ -355,6 +355,7 @@ impl Identity {
         amr: Vec<String>,
         now: i64,
     ) -> Result<Issued, Error> {
+        let key = self.keys.signing_key(tenant).await?;
         let mut tx = self.shards.begin(tenant).await?;
         let session = SessionInfo {
             sid: random_token::<16>()?,
@@ -392,7 +393,7 @@ impl Identity {
         .execute(&mut *tx)
         .await?;
         let refresh = self.new_refresh_token(&mut tx, tenant, family, 0).await?;
-        let access = self.access_token(tenant, tier, &session, now).await?;
+        let access = self.access_token(&key, tenant, tier, &session, now);
         self.audit
             .record(
                 &mut tx,
@@ -437,14 +438,17 @@ impl Identity {
         Ok(token)
     }
 
-    pub(crate) async fn access_token(
+    /// Signs an access token. The key is fetched by the caller *before* it opens a transaction:
+    /// fetching may need a connection of its own, and a transaction waiting for a second
+    /// connection from a drained pool would starve every other.
+    pub(crate) fn access_token(
         &self,
+        key: &keel_token::SigningKey,
         tenant: &TenantId,
         tier: &str,
         s: &SessionInfo,
         now: i64,
-    ) -> Result<String, Error> {
-        let key = self.keys.signing_key(tenant).await?;
+    ) -> String {
         let claims = AccessClaims {
             iss: keel_token::issuer(&self.issuer_base, tenant),
             sub: s.user_id.to_string(),
@@ -462,7 +466,7 @@ impl Identity {
             amr: s.amr.clone(),
             auth_time: s.auth_time,
         };
-        Ok(keel_token::sign(&claims, &key))
+        keel_token::sign(&claims, key)
     }
 
     /// The tenant a refresh token belongs to (its second segment), or `InvalidGrant`.
@@ -482,6 +486,10 @@ impl Identity {
         let tenant = Self::refresh_tenant(token)?;
         let now = self.clock.now();
         let hash = hash_token(token);
+        // Everything that needs a connection of its own comes before the transaction.
+        let key = self.keys.signing_key(&tenant).await?;
+        let tenant_record = self.tenants.get(&tenant).await?;
+        let tier = tenant_record.tier.as_str();
         let mut tx = self.shards.begin(&tenant).await?;
         let used = sqlx::query(
             "UPDATE refresh_tokens SET state = 'used', used_at = $3
@@ -585,8 +593,7 @@ impl Identity {
             auth_time: fam.try_get::<DateTime<Utc>, _>("auth_time")?.timestamp(),
             roles: fam.try_get("roles")?,
         };
-        let tier = self.tenants.get(&tenant).await?.tier.as_str();
-        let access = self.access_token(&tenant, tier, &session, now).await?;
+        let access = self.access_token(&key, &tenant, tier, &session, now);
         tx.commit().await?;
         Ok(Issued {
             access_token: access,
