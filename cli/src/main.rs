@@ -75,6 +75,15 @@ enum Cmd {
         #[arg(long)]
         save: Option<PathBuf>,
     },
+    /// Completes a login that answered `mfa_required` with a TOTP or recovery code.
+    VerifyMfa {
+        #[arg(long)]
+        mfa_token: String,
+        #[arg(long)]
+        code: String,
+        #[arg(long)]
+        save: Option<PathBuf>,
+    },
     /// Exits 0 when the gRPC server at ADDR reports SERVING (for container health checks).
     Health {
         #[arg(long)]
@@ -229,11 +238,17 @@ fn password(given: Option<String>, stdin: bool) -> Result<String> {
 }
 
 fn tokens_json(r: &pb::LoginResponse) -> Value {
+    if r.mfa_required {
+        return json!({ "mfa_required": true, "mfa_token": r.mfa_token, "next": "keelctl verify-mfa --mfa-token <mfa_token> --code <TOTP code>" });
+    }
     json!({ "access_token": r.access_token, "refresh_token": r.refresh_token, "expires_in_seconds": r.expires_in_seconds, "token_type": r.token_type })
 }
 
 /// Writes new tokens into a JSON file, keeping its other fields.
 fn save_tokens(path: &std::path::Path, r: &pb::LoginResponse) -> Result<()> {
+    if r.mfa_required {
+        return Ok(());
+    }
     let mut v = read_json(path).unwrap_or_else(|| json!({}));
     if let (Some(obj), Value::Object(t)) = (v.as_object_mut(), tokens_json(r)) {
         obj.extend(t);
@@ -349,6 +364,23 @@ async fn run(cli: Cli) -> Result<Value> {
                     password: password(pw, password_stdin)?,
                     client_id,
                 })
+                .await?
+                .into_inner();
+            if let Some(path) = save {
+                save_tokens(&path, &r)?;
+            }
+            Ok(tokens_json(&r))
+        }
+        Cmd::VerifyMfa {
+            mfa_token,
+            code,
+            save,
+        } => {
+            let mut auth = pb::authentication_service_client::AuthenticationServiceClient::new(
+                channel(&cli.gateway_url).await?,
+            );
+            let r = auth
+                .verify_mfa(pb::VerifyMfaRequest { mfa_token, code })
                 .await?
                 .into_inner();
             if let Some(path) = save {

@@ -461,14 +461,25 @@ async fn security_events_reach_jetstream_as_audit_events_with_the_tenant_header(
     let stack = TestStack::start().await.unwrap();
     let (_, rt1) = setup(&stack).await;
     let mut c = auth_client(&stack).await;
-    c.login(pb::LoginRequest { tenant_id: "acme".into(), username: "alice".into(), password: "not the password".into(), client_id: "t".into() })
-        .await
-        .unwrap_err();
+    c.login(pb::LoginRequest {
+        tenant_id: "acme".into(),
+        username: "alice".into(),
+        password: "not the password".into(),
+        client_id: "t".into(),
+    })
+    .await
+    .unwrap_err();
     let (_, _rt2) = refresh(&stack, &rt1).await.unwrap();
     refresh(&stack, &rt1).await.unwrap_err(); // reuse
 
-    let bus = keel_bus::Bus::connect(keel_bus::BusConfig::from_env(&stack.env).unwrap()).await.unwrap();
-    let stream = bus.jetstream().get_stream(&bus.config().stream).await.unwrap();
+    let bus = keel_bus::Bus::connect(keel_bus::BusConfig::from_env(&stack.env).unwrap())
+        .await
+        .unwrap();
+    let stream = bus
+        .jetstream()
+        .get_stream(&bus.config().stream)
+        .await
+        .unwrap();
     let consumer: async_nats::jetstream::consumer::PullConsumer = stream
         .create_consumer(async_nats::jetstream::consumer::pull::Config {
             filter_subject: format!("{}.events.acme.audit.>", bus.config().subject_prefix),
@@ -479,10 +490,24 @@ async fn security_events_reach_jetstream_as_audit_events_with_the_tenant_header(
     let wanted = ["session.started", "login.failed", "refresh.reuse_detected"];
     let mut kinds: Vec<String> = Vec::new();
     let deadline = std::time::Instant::now() + WAIT;
-    while !wanted.iter().all(|w| kinds.iter().any(|k| k == w)) && std::time::Instant::now() < deadline {
-        let mut batch = consumer.fetch().max_messages(50).expires(Duration::from_millis(300)).messages().await.unwrap();
+    while !wanted.iter().all(|w| kinds.iter().any(|k| k == w))
+        && std::time::Instant::now() < deadline
+    {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(50)
+            .expires(Duration::from_millis(300))
+            .messages()
+            .await
+            .unwrap();
         while let Some(Ok(m)) = batch.next().await {
-            assert_eq!(m.headers.as_ref().and_then(|h| h.get("Keel-Tenant-Id")).map(|v| v.as_str()), Some("acme"));
+            assert_eq!(
+                m.headers
+                    .as_ref()
+                    .and_then(|h| h.get("Keel-Tenant-Id"))
+                    .map(|v| v.as_str()),
+                Some("acme")
+            );
             let ev = keel_proto::events::AuditEvent::decode(m.payload.as_ref()).unwrap();
             assert_eq!(ev.tenant_id, "acme");
             kinds.push(ev.kind);
@@ -499,15 +524,22 @@ async fn security_events_reach_jetstream_as_audit_events_with_the_tenant_header(
 async fn concurrent_logins_and_refreshes_do_not_starve_a_small_pool() {
     // Two connections per shard: a transaction that waited for a second connection would
     // deadlock here until the acquire timeout.
-    let stack = TestStack::start_with(|e| e.with("KEEL_DB_MAX_CONNECTIONS", "2")).await.unwrap();
+    let stack = TestStack::start_with(|e| e.with("KEEL_DB_MAX_CONNECTIONS", "2"))
+        .await
+        .unwrap();
     stack.create_tenant("acme").await.unwrap();
-    stack.create_user("acme", "alice", &["member"]).await.unwrap();
+    stack
+        .create_user("acme", "alice", &["member"])
+        .await
+        .unwrap();
     let chains = (0..8).map(|_| async {
         let (_, mut rt) = stack.login("acme", "alice").await.unwrap();
         for _ in 0..3 {
             rt = refresh(&stack, &rt).await.unwrap().1;
         }
     });
-    tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(chains)).await.expect("no starvation");
+    tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(chains))
+        .await
+        .expect("no starvation");
     stack.shutdown().await;
 }

@@ -31,6 +31,7 @@ commands:
   test     start an isolated stack and run the whole test suite against it
   stack    start only PostgreSQL, Redis and NATS and print their URLs (Ctrl-C stops them)
   bench auth   token verifications/s/core, refreshes/s and login latency (release build)
+  fuzz [TARGET] [SECONDS]   run a cargo-fuzz target (default: every target, 60 s each)
 ";
 
 fn main() -> ExitCode {
@@ -40,6 +41,7 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("stack") => stack_only(),
         Some("bench") => bench(&args[1..]),
+        Some("fuzz") => fuzz(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             eprint!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -123,6 +125,61 @@ fn bench(args: &[String]) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Fuzz targets in `fuzz/` (seed corpora committed under `fuzz/corpus/<target>`).
+const FUZZ_TARGETS: &[&str] = &["token_verify", "tenant_id"];
+
+/// `cargo xtask fuzz [TARGET] [SECONDS]`: installs cargo-fuzz when missing and runs libFuzzer on
+/// the stable toolchain (`RUSTC_BOOTSTRAP=1` unlocks the sanitizer flags cargo-fuzz passes).
+/// New inputs go to `fuzz/target/corpus/<target>`; the committed seeds stay as they are.
+fn fuzz(args: &[String]) -> Result<ExitCode> {
+    let root = workspace_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let have = Command::new(&cargo)
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        eprintln!("xtask: installing cargo-fuzz");
+        let ok = Command::new(&cargo)
+            .args(["install", "cargo-fuzz", "--locked"])
+            .status()?
+            .success();
+        if !ok {
+            anyhow::bail!("cargo install cargo-fuzz failed");
+        }
+    }
+    let targets: Vec<&str> = match args.first() {
+        Some(t) if FUZZ_TARGETS.contains(&t.as_str()) => vec![t.as_str()],
+        Some(t) if t.parse::<u64>().is_err() => {
+            anyhow::bail!("unknown fuzz target {t:?}; known: {FUZZ_TARGETS:?}")
+        }
+        _ => FUZZ_TARGETS.to_vec(),
+    };
+    let seconds: u64 = args.iter().find_map(|a| a.parse().ok()).unwrap_or(60);
+    for t in targets {
+        let out = root.join("fuzz/target/corpus").join(t);
+        ensure_dir(&out)?;
+        eprintln!("xtask: fuzzing {t} for {seconds}s");
+        let status = Command::new(&cargo)
+            .current_dir(root.join("fuzz"))
+            .env("RUSTC_BOOTSTRAP", "1")
+            .args(["fuzz", "run", t])
+            .arg(&out)
+            .arg(format!("corpus/{t}"))
+            .args([
+                "--",
+                &format!("-max_total_time={seconds}"),
+                "-print_final_stats=1",
+            ])
+            .status()?;
+        if !status.success() {
+            eprintln!("xtask: fuzz target {t} FAILED (crash artifacts under fuzz/artifacts/{t})");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn stack_only() -> Result<ExitCode> {
