@@ -386,3 +386,32 @@ pub async fn admin_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, S
     let body = buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
     Ok((code, body))
 }
+
+/// HTTP POST of a form body, returning the status code and body.
+pub async fn http_post_form(
+    addr: std::net::SocketAddr,
+    path: &str,
+    form: &str,
+) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .context("connect")?;
+    s.write_all(
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+            form.len()
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await?;
+    let code = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no status line")?;
+    let body = buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    Ok((code, body))
+}

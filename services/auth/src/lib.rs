@@ -174,9 +174,10 @@ pub async fn start_with_clock(cfg: Config, clock: Arc<dyn Clock>) -> Result<Host
     )
     .add_service(
         keel_proto::auth::identity_admin_server::IdentityAdminServer::new(
-            grpc::IdentityAdminService::new(identity),
+            grpc::IdentityAdminService::new(identity.clone()),
         ),
     );
+    let identity_for_http = identity;
     let bus = keel_bus::Bus::connect(cfg.bus.clone()).await?;
     let check_shards = shards.clone();
     let checks = vec![
@@ -211,7 +212,7 @@ pub async fn start_with_clock(cfg: Config, clock: Arc<dyn Clock>) -> Result<Host
             checks,
             trust_tenant_header: true,
             gate: None,
-            http: Some((cfg.http_addr, oidc::router(keys.clone()))),
+            http: Some((cfg.http_addr, oidc::router(keys.clone(), identity_for_http))),
         },
         tasks.clone(),
     )

@@ -86,6 +86,21 @@ impl Identity {
         Ok(v)
     }
 
+    /// RFC 7009 for an access token of `tenant`: ends its session. Tokens that do not verify
+    /// (or belong to another tenant) are ignored.
+    pub async fn revoke_access_token(&self, tenant: &TenantId, token: &str) -> Result<(), Error> {
+        let mut meta = tonic::metadata::MetadataMap::new();
+        let Ok(v) = format!("Bearer {token}").parse() else {
+            return Ok(());
+        };
+        meta.insert("authorization", v);
+        match self.authenticate(&meta).await {
+            Ok(v) if &v.tenant == tenant => self.end_session(tenant, &v.claims.sid).await,
+            Ok(_) | Err(Error::InvalidCredentials) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     pub(crate) async fn mfa_enabled(&self, tenant: &TenantId, user: Uuid) -> Result<bool, Error> {
         let on: Option<bool> = sqlx::query_scalar(
             "SELECT confirmed FROM totp_credentials WHERE tenant_id = $1 AND user_id = $2",
