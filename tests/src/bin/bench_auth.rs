@@ -109,6 +109,14 @@ fn median(v: &mut [f64]) -> f64 {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
+    // Production-like telemetry (warnings to stdout, no span capture), installed before the
+    // test harness would install its capturing one.
+    let cfg = keel_telemetry::TelemetryConfig::from_env(
+        "keel-bench",
+        &keel_config::Env::from_pairs([("RUST_LOG", "warn")]),
+    )
+    .unwrap();
+    let _telemetry = keel_telemetry::init(cfg).unwrap();
     let verify = verify_per_second();
     println!(
         "token verification: {verify:.0} per second on one core (warm key cache, median of 5 rounds)"
