@@ -543,3 +543,81 @@ async fn concurrent_logins_and_refreshes_do_not_starve_a_small_pool() {
         .expect("no starvation");
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn asvs_7_4_changing_the_password_or_disabling_the_user_ends_sessions() {
+    let stack = TestStack::start().await.unwrap();
+    let (first, _) = setup(&stack).await;
+    let (second, _) = stack.login("acme", "alice").await.unwrap();
+    let mut c = auth_client(&stack).await;
+    let change = |current: &str, new: &str| pb::ChangePasswordRequest {
+        current_password: current.into(),
+        new_password: new.into(),
+    };
+    // The current password is re-verified; the new one must meet the policy.
+    assert_eq!(
+        c.change_password(authed(
+            change("wrong password!!", "a brand new passphrase"),
+            &first
+        ))
+        .await
+        .unwrap_err()
+        .code(),
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        c.change_password(authed(change(TEST_PASSWORD, "short"), &first))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
+    );
+    let ended = c
+        .change_password(authed(
+            change(TEST_PASSWORD, "a brand new passphrase"),
+            &first,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .other_sessions_ended;
+    assert_eq!(ended, 1);
+    wait_refused(&stack, &second, "the other session to end").await;
+    list(&stack, &first).await.expect("this session goes on");
+    assert_eq!(
+        c.login(pb::LoginRequest {
+            tenant_id: "acme".into(),
+            username: "alice".into(),
+            password: TEST_PASSWORD.into(),
+            client_id: "t".into()
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        Code::Unauthenticated,
+        "the old password no longer works"
+    );
+    // An operator disables the user: every session ends and logins are refused.
+    let mut admin = keel_proto::auth::identity_admin_client::IdentityAdminClient::new(
+        connect(&stack.auth_url()).await.unwrap(),
+    );
+    admin
+        .disable_user(keel_proto::auth::DisableUserRequest {
+            tenant_id: "acme".into(),
+            username: "alice".into(),
+        })
+        .await
+        .unwrap();
+    wait_refused(&stack, &first, "every session to end").await;
+    assert!(
+        c.login(pb::LoginRequest {
+            tenant_id: "acme".into(),
+            username: "alice".into(),
+            password: "a brand new passphrase".into(),
+            client_id: "t".into()
+        })
+        .await
+        .is_err()
+    );
+    stack.shutdown().await;
+}

@@ -32,11 +32,16 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 async fn refresh(url: &str, rt: &str) -> Option<String> {
-    let mut c = pb::authentication_service_client::AuthenticationServiceClient::new(connect(url).await.unwrap());
-    c.refresh(pb::RefreshRequest { refresh_token: rt.into(), client_id: String::new() })
-        .await
-        .ok()
-        .map(|r| r.into_inner().refresh_token)
+    let mut c = pb::authentication_service_client::AuthenticationServiceClient::new(
+        connect(url).await.unwrap(),
+    );
+    c.refresh(pb::RefreshRequest {
+        refresh_token: rt.into(),
+        client_id: String::new(),
+    })
+    .await
+    .ok()
+    .map(|r| r.into_inner().refresh_token)
 }
 
 /// (family state, active tokens, session revoked) of the family `rt` belongs to.
@@ -55,21 +60,36 @@ async fn family_state(pool: &sqlx::PgPool, first_rt: &str) -> (String, i64, bool
     .fetch_one(pool)
     .await
     .unwrap();
-    (row.get("state"), row.get("active"), row.get("session_revoked"))
+    (
+        row.get("state"),
+        row.get("active"),
+        row.get("session_revoked"),
+    )
 }
 
 #[test]
 fn after_any_reuse_nothing_in_the_family_is_active() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
     let (stack, pool) = rt.block_on(async {
         let stack = TestStack::start().await.unwrap();
         stack.create_tenant("acme").await.unwrap();
-        stack.create_user("acme", "alice", &["member"]).await.unwrap();
+        stack
+            .create_user("acme", "alice", &["member"])
+            .await
+            .unwrap();
         let pool = stack.shard(stack.shard_of("acme")).await.unwrap();
         (stack, pool)
     });
     let url = stack.gateway_url();
-    let config = ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() };
+    let config = ProptestConfig {
+        cases: 24,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
     proptest!(config, |(ops in proptest::collection::vec(op(), 1..10))| {
         rt.block_on(async {
             let (_, first) = stack.login("acme", "alice").await.unwrap();

@@ -55,6 +55,8 @@ impl Audit {
             "mfa.code_replayed" => "audit.mfa.code_replayed",
             "key.rotated" => "audit.key.rotated",
             "key.revoked" => "audit.key.revoked",
+            "password.changed" => "audit.password.changed",
+            "user.disabled" => "audit.user.disabled",
             _ => "audit.other",
         };
         keel_outbox::insert(

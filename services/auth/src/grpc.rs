@@ -183,6 +183,21 @@ impl pb::authentication_server::Authentication for AuthenticationService {
             sessions_ended,
         }))
     }
+
+    async fn change_password(
+        &self,
+        req: Request<public::ChangePasswordRequest>,
+    ) -> Result<Response<public::ChangePasswordResponse>, Status> {
+        let v = self.identity.authenticate(req.metadata()).await?;
+        let r = req.into_inner();
+        let other_sessions_ended = self
+            .identity
+            .change_password(&v, r.current_password, r.new_password)
+            .await?;
+        Ok(Response::new(public::ChangePasswordResponse {
+            other_sessions_ended,
+        }))
+    }
 }
 
 fn key_pb(k: keel_token::KeyRecord) -> pb::VerificationKey {
@@ -260,6 +275,22 @@ impl pb::identity_admin_server::IdentityAdmin for IdentityAdminService {
             .identity
             .create_user(&tenant, &r.username, r.password, r.roles)
             .await?;
+        Ok(Response::new(pb::User {
+            tenant_id: tenant.to_string(),
+            user_id: id.to_string(),
+            username: r.username,
+            roles,
+            create_time: Some(timestamp(created)),
+        }))
+    }
+
+    async fn disable_user(
+        &self,
+        req: Request<pb::DisableUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let r = req.into_inner();
+        let tenant = parse_tenant_id(&r.tenant_id)?;
+        let (id, roles, created) = self.identity.disable_user(&tenant, &r.username).await?;
         Ok(Response::new(pb::User {
             tenant_id: tenant.to_string(),
             user_id: id.to_string(),

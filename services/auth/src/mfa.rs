@@ -427,6 +427,85 @@ impl Identity {
         Ok(issued)
     }
 
+    /// Re-verifies the current password, sets the new one, ends every other session
+    /// (ASVS 7.4.3). Wrong current passwords count as failed logins.
+    pub async fn change_password(
+        &self,
+        v: &Verified,
+        current: String,
+        new: String,
+    ) -> Result<u32, Error> {
+        let user = user_of(v)?;
+        crate::passwords::check_policy(&new).map_err(|p| Error::InvalidArgument {
+            field: "new_password",
+            problem: p,
+        })?;
+        let stored: Option<String> = sqlx::query_scalar("SELECT password_hash FROM users WHERE tenant_id = $1 AND user_id = $2 AND NOT disabled")
+            .bind(v.tenant.as_str())
+            .bind(user)
+            .fetch_optional(self.shards.pool(&v.tenant))
+            .await?;
+        if !self.hasher.verify(current, stored).await {
+            sqlx::query("UPDATE users SET failed_logins = failed_logins + 1 WHERE tenant_id = $1 AND user_id = $2")
+                .bind(v.tenant.as_str())
+                .bind(user)
+                .execute(self.shards.pool(&v.tenant))
+                .await?;
+            return Err(Error::InvalidCredentials);
+        }
+        let hash = self
+            .hasher
+            .hash(new)
+            .await
+            .map_err(|_| Error::Corrupt("hashing"))?;
+        let mut tx = self.shards.begin(&v.tenant).await?;
+        sqlx::query("UPDATE users SET password_hash = $3, failed_logins = 0, locked_until = NULL WHERE tenant_id = $1 AND user_id = $2")
+            .bind(v.tenant.as_str())
+            .bind(user)
+            .bind(hash)
+            .execute(&mut *tx)
+            .await?;
+        self.audit
+            .record(
+                &mut tx,
+                &v.tenant,
+                "password.changed",
+                Some(user),
+                Some(&v.claims.sid),
+                Vec::new(),
+            )
+            .await?;
+        tx.commit().await?;
+        self.audit.wake();
+        self.end_sessions(&v.tenant, user, Some(&v.claims.sid))
+            .await
+    }
+
+    /// Disables a user (ASVS 7.4.2): logins are refused and every session ends now.
+    pub async fn disable_user(
+        &self,
+        tenant: &TenantId,
+        username: &str,
+    ) -> Result<(Uuid, Vec<String>, chrono::DateTime<chrono::Utc>), Error> {
+        let row = sqlx::query("UPDATE users SET disabled = true WHERE tenant_id = $1 AND username = $2 RETURNING user_id, roles, create_time")
+            .bind(tenant.as_str())
+            .bind(username)
+            .fetch_optional(self.shards.pool(tenant))
+            .await?
+            .ok_or_else(|| Error::InvalidArgument { field: "username", problem: "no such user".into() })?;
+        let user: Uuid = row.try_get("user_id")?;
+        let ended = self.end_sessions(tenant, user, None).await?;
+        self.audit_alone(
+            tenant,
+            "user.disabled",
+            Some(user),
+            None,
+            vec![("sessions_ended", ended.to_string())],
+        )
+        .await;
+        Ok((user, row.try_get("roles")?, row.try_get("create_time")?))
+    }
+
     pub async fn sign_out_everywhere(&self, v: &Verified) -> Result<u32, Error> {
         let user = user_of(v)?;
         self.end_sessions(&v.tenant, user, None).await

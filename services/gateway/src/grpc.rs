@@ -222,6 +222,17 @@ impl pb::authentication_service_server::AuthenticationService for Authentication
             .map_err(keel_errors::forward)
     }
 
+    async fn change_password(
+        &self,
+        req: Request<pb::ChangePasswordRequest>,
+    ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
+        self.auth
+            .clone()
+            .change_password(self.upstream(req))
+            .await
+            .map_err(keel_errors::forward)
+    }
+
     async fn sign_out_everywhere(
         &self,
         req: Request<pb::SignOutEverywhereRequest>,

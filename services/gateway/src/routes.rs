@@ -58,6 +58,10 @@ pub const ROUTES: &[Route] = &[
         access: Access::Token("account"),
     },
     Route {
+        path: "/keel.v1.AuthenticationService/ChangePassword",
+        access: Access::Token("account"),
+    },
+    Route {
         path: "/keel.v1.DocumentService/CreateDocument",
         access: Access::Token("documents:write"),
     },
