@@ -87,7 +87,7 @@ pub struct RelayConfig {
     pub interval: Duration,
 }
 
-/// Runs until shutdown; each round drains every shard.
+/// Runs until shutdown; each round drains every shard. Waits for the migrations first.
 pub async fn run_relay(
     shards: Shards,
     bus: Bus,
@@ -96,6 +96,13 @@ pub async fn run_relay(
     shutdown: CancellationToken,
 ) {
     let mut last_purge = std::time::Instant::now();
+    // The outbox table exists once the service's readiness check has applied its migrations.
+    while !shards.is_migrated() {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(cfg.interval) => {}
+        }
+    }
     loop {
         let mut more = false;
         for (shard, pool) in shards.pools().iter().enumerate() {

@@ -124,7 +124,9 @@ async fn main() {
     let signature = signature_per_second();
     println!("  of which the Ed25519 verify_strict alone: {signature:.0} per second on one core");
 
-    let stack = TestStack::start().await.unwrap();
+    // The production pool size (the test harness uses a smaller one).
+    let pool = keel_store::DEFAULT_MAX_CONNECTIONS.to_string();
+    let stack = TestStack::start_with(|e| e.with("KEEL_DB_MAX_CONNECTIONS", pool)).await.unwrap();
     stack.create_tenant("bench").await.unwrap();
     stack
         .create_user("bench", "user", &["member"])
