@@ -301,6 +301,7 @@ impl TestStack {
 
 pub async fn connect(url: &str) -> Result<Channel> {
     Ok(tonic::transport::Endpoint::from_shared(url.to_owned())?
+        .tcp_nodelay(true)
         .timeout(Duration::from_secs(10))
         .connect()
         .await?)

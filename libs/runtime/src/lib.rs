@@ -28,6 +28,8 @@ pub use tasks::Tasks;
 /// Time in-flight work gets to finish after a shutdown signal before it is abandoned: shorter
 /// than Kubernetes' default 30 s grace period, so we exit on our own terms.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+/// TCP keepalive on accepted gRPC connections: finds dead peers behind NATs and load balancers.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// How often dependency checks run.
 pub const DEFAULT_READINESS_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -140,7 +142,11 @@ impl Host {
         let token = tasks.token();
         let layer = layer::RequestLayer::new(spec.name, spec.trust_tenant_header, spec.gate);
         tasks.spawn("grpc-server", async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+            // Small gRPC frames must leave at once: without TCP_NODELAY, Nagle's algorithm and
+            // the peer's delayed ACKs hold responses for tens of milliseconds.
+            let incoming = tonic::transport::server::TcpIncoming::from(grpc)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(TCP_KEEPALIVE));
             let result = tonic::transport::Server::builder()
                 .layer(layer)
                 .add_routes(routes)
