@@ -102,7 +102,8 @@ fn invalid(field: &'static str, problem: impl Into<String>) -> Error {
     }
 }
 
-fn ts(secs: i64) -> DateTime<Utc> {
+/// Unix seconds as a timestamp for the database (the epoch for out-of-range values).
+pub(crate) fn ts(secs: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(secs, 0).unwrap_or_default()
 }
 

@@ -20,9 +20,7 @@ const ACTIVE_KEY_CACHE_SECS: i64 = 5;
 /// How long a retired key keeps verifying: the longest token lifetime plus clock skew.
 pub const RETENTION_SECS: i64 = keel_token::MAX_LIFETIME_SECS + 2 * keel_token::LEEWAY_SECS;
 
-fn ts(secs: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp(secs, 0).unwrap_or_default()
-}
+use crate::identity::ts;
 
 fn aad(kid: &str, tenant: &TenantId) -> Vec<u8> {
     format!("{kid}|{tenant}").into_bytes()

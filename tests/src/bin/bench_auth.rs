@@ -126,7 +126,9 @@ async fn main() {
 
     // The production pool size (the test harness uses a smaller one).
     let pool = keel_store::DEFAULT_MAX_CONNECTIONS.to_string();
-    let stack = TestStack::start_with(|e| e.with("KEEL_DB_MAX_CONNECTIONS", pool)).await.unwrap();
+    let stack = TestStack::start_with(|e| e.with("KEEL_DB_MAX_CONNECTIONS", pool))
+        .await
+        .unwrap();
     stack.create_tenant("bench").await.unwrap();
     stack
         .create_user("bench", "user", &["member"])
