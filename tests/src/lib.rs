@@ -124,6 +124,7 @@ pub fn base_env(servers: &Servers, id: &str, database_urls: &[String]) -> Env {
         ("KEEL_NATS_URL", servers.nats_url.clone()),
         ("KEEL_NATS_STREAM", format!("S_{id}")),
         ("KEEL_NATS_SUBJECT_PREFIX", id.to_owned()),
+        ("KEEL_REDIS_PREFIX", id.to_owned()),
         ("KEEL_READINESS_INTERVAL", "100ms".into()),
         ("KEEL_SHUTDOWN_GRACE", "5s".into()),
         ("KEEL_OUTBOX_INTERVAL", "50ms".into()),

@@ -173,14 +173,18 @@ async fn r50_failures_are_limited_per_account_even_in_parallel_and_delays_grow()
             .await
         }
     };
-    let lock_secs = || async {
-        let secs: Option<f64> = sqlx::query_scalar(
-            "SELECT EXTRACT(EPOCH FROM (locked_until - now()))::float8 FROM auth.users WHERE username = 'alice'",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        secs
+    // Epoch seconds: the database clock, and the account's lock (None when unlocked).
+    let db_now = || async {
+        sqlx::query_scalar::<_, f64>("SELECT EXTRACT(EPOCH FROM now())::float8")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let locked = || async {
+        sqlx::query_scalar::<_, Option<f64>>("SELECT EXTRACT(EPOCH FROM locked_until)::float8 FROM auth.users WHERE username = 'alice'")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
     };
     let unlock = || async {
         sqlx::query("UPDATE auth.users SET locked_until = NULL WHERE username = 'alice'")
@@ -194,15 +198,21 @@ async fn r50_failures_are_limited_per_account_even_in_parallel_and_delays_grow()
             login("wrong password!!").await.unwrap_err().code(),
             Code::Unauthenticated
         );
-        assert_eq!(lock_secs().await, None);
+        assert_eq!(locked().await, None);
     }
-    login("wrong password!!").await.unwrap_err();
-    let first = lock_secs().await.expect("locked after five failures");
-    assert!(first > 0.0 && first <= 1.0, "{first}");
-    unlock().await;
-    login("wrong password!!").await.unwrap_err();
-    let second = lock_secs().await.expect("locked again");
-    assert!(second > 1.0 && second <= 2.0, "{second}");
+    // The lock is "failure time + delay" (whole seconds): bounded by the clock before and after
+    // the attempt, however slow the machine is.
+    for delay in [1.0, 2.0] {
+        unlock().await;
+        let before = db_now().await;
+        login("wrong password!!").await.unwrap_err();
+        let after = db_now().await;
+        let until = locked().await.expect("locked");
+        assert!(
+            until >= before - 1.0 + delay && until <= after + delay,
+            "delay {delay}: {before} .. {after} -> {until}"
+        );
+    }
     // While locked, even the right password is refused, the same way.
     sqlx::query(
         "UPDATE auth.users SET locked_until = now() + interval '1 minute' WHERE username = 'alice'",
@@ -619,5 +629,49 @@ async fn asvs_7_4_changing_the_password_or_disabling_the_user_ends_sessions() {
         .await
         .is_err()
     );
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failed_logins_are_limited_per_source_address_too() {
+    let stack = TestStack::start().await.unwrap();
+    setup(&stack).await;
+    let url = stack.gateway_url();
+    let attempt = |user: String, password: &'static str, spoof: bool| {
+        let url = url.clone();
+        async move {
+            let mut c = pb::authentication_service_client::AuthenticationServiceClient::new(
+                connect(&url).await.unwrap(),
+            );
+            let mut req = tonic::Request::new(pb::LoginRequest {
+                tenant_id: "acme".into(),
+                username: user,
+                password: password.into(),
+                client_id: "t".into(),
+            });
+            if spoof {
+                req.metadata_mut()
+                    .insert("keel-client-ip", "203.0.113.7".parse().unwrap());
+            }
+            c.login(req).await
+        }
+    };
+    // Guesses spread over many usernames (so no single account locks) from one address.
+    let guesses = (0..50).map(|i| attempt(format!("user{i}"), "not the password", false));
+    for r in futures::future::join_all(guesses).await {
+        assert_eq!(r.unwrap_err().code(), Code::Unauthenticated);
+    }
+    // Now this address is refused, even with the right password, and saying it is another
+    // address changes nothing (the gateway takes the address from the connection).
+    for spoof in [false, true] {
+        let st = attempt("alice".into(), TEST_PASSWORD, spoof)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (st.code(), reason(&st)),
+            (Code::ResourceExhausted, "RATE_LIMITED"),
+            "spoof={spoof}"
+        );
+    }
     stack.shutdown().await;
 }

@@ -20,9 +20,10 @@ fn now() -> i64 {
         .as_secs() as i64
 }
 
-/// Waits until at least 8 s remain in the current 30 s step, so codes computed now stay valid.
+/// Waits until at least 15 s remain in the current 30 s step, so the codes a test computes now
+/// keep their meaning (current / previous / next step) while it runs, even on a slow machine.
 async fn safe_window() -> i64 {
-    while now() % totp::STEP_SECS > totp::STEP_SECS - 8 {
+    while now() % totp::STEP_SECS > totp::STEP_SECS - 15 {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     totp::step_at(now())

@@ -68,6 +68,9 @@ impl pb::tenant_directory_server::TenantDirectory for TenantDirectoryService {
     }
 }
 
+/// Internal metadata with the end client's IP address, set by the gateway from the transport.
+pub const CLIENT_IP_HEADER: &str = "keel-client-ip";
+
 pub struct AuthenticationService {
     identity: Identity,
 }
@@ -95,10 +98,16 @@ impl pb::authentication_server::Authentication for AuthenticationService {
         &self,
         req: Request<public::LoginRequest>,
     ) -> Result<Response<public::LoginResponse>, Status> {
+        // The gateway puts the caller's transport address here (never the client's say-so).
+        let source = req
+            .metadata()
+            .get(CLIENT_IP_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
         let r = req.into_inner();
         let out = self
             .identity
-            .login(&r.tenant_id, &r.username, r.password, &r.client_id)
+            .login(&r.tenant_id, &r.username, r.password, &r.client_id, source)
             .await?;
         Ok(Response::new(issued(out)))
     }

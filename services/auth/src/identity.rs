@@ -34,7 +34,12 @@ const FREE_FAILURES: i32 = 5;
 /// Longest delay between attempts once delays apply.
 const MAX_LOCK_SECS: i64 = 900;
 /// Prefix of revoked-session keys in Redis.
-pub const REVOKED_PREFIX: &str = "keel:revoked";
+/// Default first part of every Redis key (`KEEL_REDIS_PREFIX`; tests use one per test).
+pub const DEFAULT_REDIS_PREFIX: &str = "keel";
+/// Failed logins counted per tenant and source address within this window...
+const SOURCE_WINDOW_SECS: i64 = 900;
+/// ...refused beyond this many (per-account limits stay the primary defence, NIST 800-63B).
+pub const MAX_SOURCE_FAILURES: i64 = 50;
 const REFRESH_PREFIX: &str = "rt1";
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +61,9 @@ pub enum Error {
     Corrupt(&'static str),
     #[error("revocation store unavailable: {0}")]
     Redis(String),
+    /// Too many failed logins from one source address.
+    #[error("too many failed logins from this address; retry later")]
+    SourceThrottled,
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -76,6 +84,7 @@ impl KeelError for Error {
             Error::UserExists(_) => Reason::IdempotencyKeyReused,
             Error::Corrupt(_) => Reason::Internal,
             Error::Redis(_) => Reason::Unavailable,
+            Error::SourceThrottled => Reason::RateLimited,
             Error::Store(e) => e.reason(),
             Error::Tenant(e) => e.reason(),
         }
@@ -83,6 +92,9 @@ impl KeelError for Error {
     fn details(&self) -> Vec<(&'static str, String)> {
         match self {
             Error::InvalidArgument { field, .. } => vec![("field", (*field).into())],
+            Error::SourceThrottled => {
+                vec![("retry_after_ms", (SOURCE_WINDOW_SECS * 1000).to_string())]
+            }
             Error::Store(e) => e.details(),
             _ => Vec::new(),
         }
@@ -170,6 +182,7 @@ pub struct Identity {
     pub lifetimes: Lifetimes,
     pub sealer: crate::seal::Sealer,
     pub audit: crate::audit::Audit,
+    pub redis_prefix: String,
 }
 
 pub(crate) struct SessionInfo {
@@ -230,7 +243,66 @@ impl Identity {
         Ok((id, roles, row.try_get("create_time")?))
     }
 
+    /// Password login, limited per account (inside) and per tenant and source address (here).
     pub async fn login(
+        &self,
+        tenant_raw: &str,
+        username: &str,
+        password: String,
+        client_id: &str,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<Issued, Error> {
+        let source_key = source.and_then(|ip| {
+            let tenant = TenantId::parse(tenant_raw).ok()?;
+            Some(self.redis_key(&tenant, "login-src", &ip.to_string()))
+        });
+        if let Some(key) = &source_key {
+            let mut conn = self
+                .redis
+                .get()
+                .await
+                .map_err(|e| Error::Redis(e.to_string()))?;
+            let failures: Option<i64> = redis::cmd("GET")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| Error::Redis(e.to_string()))?;
+            if failures.unwrap_or(0) >= MAX_SOURCE_FAILURES {
+                tracing::warn!(source = ?source, "login refused: too many failures from this source");
+                return Err(Error::SourceThrottled);
+            }
+        }
+        let result = self
+            .login_checked(tenant_raw, username, password, client_id)
+            .await;
+        if let (Err(Error::InvalidCredentials), Some(key)) = (&result, &source_key) {
+            let mut conn = self
+                .redis
+                .get()
+                .await
+                .map_err(|e| Error::Redis(e.to_string()))?;
+            redis::pipe()
+                .atomic()
+                .cmd("INCR")
+                .arg(key)
+                .ignore()
+                .cmd("EXPIRE")
+                .arg(key)
+                .arg(SOURCE_WINDOW_SECS)
+                .ignore()
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(|e| Error::Redis(e.to_string()))?;
+        }
+        result
+    }
+
+    /// `<prefix>:<kind>:<tenant>:<key>`: every Redis key of this service.
+    pub(crate) fn redis_key(&self, tenant: &TenantId, kind: &str, key: &str) -> String {
+        tenant.redis_key(&format!("{}:{kind}", self.redis_prefix), key)
+    }
+
+    async fn login_checked(
         &self,
         tenant_raw: &str,
         username: &str,
@@ -705,7 +777,7 @@ impl Identity {
             .map_err(|e| Error::Redis(e.to_string()))?;
         let ttl = self.lifetimes.access_secs + 2 * keel_token::LEEWAY_SECS;
         redis::cmd("SET")
-            .arg(tenant.redis_key(REVOKED_PREFIX, sid))
+            .arg(self.redis_key(tenant, "revoked", sid))
             .arg(1)
             .arg("EX")
             .arg(ttl)

@@ -46,6 +46,7 @@ pub struct Config {
     /// Standard base64 of 32 random bytes; seals private keys at rest.
     pub master_key: String,
     pub issuer_base: String,
+    pub redis_prefix: String,
     pub lifetimes: identity::Lifetimes,
     /// Password hashes computed at once (the rest wait).
     pub hash_concurrency: usize,
@@ -101,6 +102,10 @@ impl Config {
             bus: keel_bus::BusConfig::from_env(env)?,
             redis_url: env.url("KEEL_REDIS_URL", &["redis", "rediss"])?,
             master_key,
+            redis_prefix: env.or(
+                "KEEL_REDIS_PREFIX",
+                identity::DEFAULT_REDIS_PREFIX.to_owned(),
+            )?,
             issuer_base: env.or(
                 "KEEL_AUTH_ISSUER_BASE",
                 keel_token::DEFAULT_ISSUER_BASE.to_owned(),
@@ -156,6 +161,7 @@ pub async fn start_with_clock(cfg: Config, clock: Arc<dyn Clock>) -> Result<Host
         lifetimes: cfg.lifetimes.clone(),
         sealer,
         audit: audit.clone(),
+        redis_prefix: cfg.redis_prefix.clone(),
     };
     let routes = tonic::service::Routes::new(
         keel_proto::auth::tenant_directory_server::TenantDirectoryServer::new(

@@ -124,7 +124,7 @@ impl Identity {
         let token = format!("{MFA_PREFIX}.{tenant}.{}", URL_SAFE_NO_PAD.encode(secret));
         let mut conn = self.redis.get().await.map_err(redis_err)?;
         redis::cmd("SET")
-            .arg(tenant.redis_key("keel:mfa", &URL_SAFE_NO_PAD.encode(hash(&token))))
+            .arg(self.redis_key(tenant, "mfa", &URL_SAFE_NO_PAD.encode(hash(&token))))
             .arg(format!("{user}|{client_id}"))
             .arg("EX")
             .arg(MFA_TOKEN_TTL_SECS)
@@ -142,7 +142,7 @@ impl Identity {
         code: &str,
     ) -> Result<&'static str, Error> {
         let mut conn = self.redis.get().await.map_err(redis_err)?;
-        let fail_key = tenant.redis_key("keel:mfa-fail", &user.to_string());
+        let fail_key = self.redis_key(tenant, "mfa-fail", &user.to_string());
         let failures: Option<i64> = redis::cmd("GET")
             .arg(&fail_key)
             .query_async(&mut conn)
@@ -244,7 +244,7 @@ impl Identity {
             }
             _ => return Err(Error::InvalidCredentials),
         };
-        let key = tenant.redis_key("keel:mfa", &URL_SAFE_NO_PAD.encode(hash(mfa_token)));
+        let key = self.redis_key(&tenant, "mfa", &URL_SAFE_NO_PAD.encode(hash(mfa_token)));
         let mut conn = self.redis.get().await.map_err(redis_err)?;
         let parked: Option<String> = redis::cmd("GET")
             .arg(&key)

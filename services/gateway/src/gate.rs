@@ -63,6 +63,8 @@ impl KeySource for KeyCache {
 
 pub struct AuthGate {
     issuer_base: String,
+    /// First part of the Redis keys auth writes revocations under (`KEEL_REDIS_PREFIX`).
+    redis_prefix: String,
     directory: TenantDirectoryClient<Channel>,
     key_directory: KeyDirectoryClient<Channel>,
     redis: deadpool_redis::Pool,
@@ -107,9 +109,15 @@ fn bounded_insert<K: std::hash::Hash + Eq, V>(
 }
 
 impl AuthGate {
-    pub fn new(issuer_base: String, auth: Channel, redis: deadpool_redis::Pool) -> Self {
+    pub fn new(
+        issuer_base: String,
+        redis_prefix: String,
+        auth: Channel,
+        redis: deadpool_redis::Pool,
+    ) -> Self {
         AuthGate {
             issuer_base,
+            redis_prefix,
             directory: TenantDirectoryClient::new(auth.clone()),
             key_directory: KeyDirectoryClient::new(auth),
             redis,
@@ -259,7 +267,7 @@ impl AuthGate {
         }
         let mut conn = self.redis.get().await.map_err(|_| unavailable("redis"))?;
         let revoked: bool = redis::cmd("EXISTS")
-            .arg(tenant.redis_key("keel:revoked", sid))
+            .arg(tenant.redis_key(&format!("{}:revoked", self.redis_prefix), sid))
             .query_async(&mut conn)
             .await
             .map_err(|_| unavailable("redis"))?;

@@ -160,9 +160,16 @@ impl pb::authentication_service_server::AuthenticationService for Authentication
         &self,
         req: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
+        // The source address from the transport (a client cannot set this metadata: only
+        // `authorization` is copied from its request).
+        let source = req.remote_addr().map(|a| a.ip().to_string());
+        let mut up = self.upstream(req);
+        if let Some(ip) = source.and_then(|ip| tonic::metadata::MetadataValue::try_from(ip).ok()) {
+            up.metadata_mut().insert("keel-client-ip", ip);
+        }
         self.auth
             .clone()
-            .login(self.upstream(req))
+            .login(up)
             .await
             .map_err(keel_errors::forward)
     }

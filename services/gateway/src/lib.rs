@@ -32,6 +32,7 @@ pub struct Config {
     pub auth_url: String,
     pub inference_url: String,
     pub redis_url: String,
+    pub redis_prefix: String,
     pub issuer_base: String,
     pub upstream_timeout: Duration,
 }
@@ -43,6 +44,7 @@ impl Config {
             auth_url: env.url("KEEL_AUTH_URL", &["http", "https"])?,
             inference_url: env.url("KEEL_INFERENCE_URL", &["http", "https"])?,
             redis_url: env.url("KEEL_REDIS_URL", &["redis", "rediss"])?,
+            redis_prefix: env.or("KEEL_REDIS_PREFIX", "keel".to_owned())?,
             issuer_base: env.or(
                 "KEEL_AUTH_ISSUER_BASE",
                 keel_token::DEFAULT_ISSUER_BASE.to_owned(),
@@ -109,6 +111,7 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
             trust_tenant_header: false,
             gate: Some(Arc::new(gate::AuthGate::new(
                 cfg.issuer_base.clone(),
+                cfg.redis_prefix.clone(),
                 auth,
                 redis,
             ))),
