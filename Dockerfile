@@ -42,8 +42,9 @@ USER nonroot:nonroot
 FROM runtime AS auth
 COPY --from=builder /out/keel-auth /usr/local/bin/keel-auth
 ENV KEEL_AUTH_GRPC_ADDR=0.0.0.0:50052 \
+    KEEL_AUTH_HTTP_ADDR=0.0.0.0:8081 \
     KEEL_AUTH_ADMIN_ADDR=0.0.0.0:9092
-EXPOSE 50052 9092
+EXPOSE 50052 8081 9092
 ENTRYPOINT ["/usr/local/bin/keel-auth"]
 
 FROM runtime AS inference
