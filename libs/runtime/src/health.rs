@@ -220,3 +220,23 @@ pub fn redis_ping(name: &'static str, pool: deadpool_redis::Pool) -> Check {
         }
     })
 }
+
+/// The Postgres check of a service that owns a schema: applies its migrations once every shard
+/// answers, then pings every shard.
+pub fn postgres(shards: keel_store::Shards, migrator: &'static sqlx::migrate::Migrator) -> Check {
+    Check::new("postgres", move || {
+        let shards = shards.clone();
+        async move { shards.ready(migrator).await }
+    })
+}
+
+/// The NATS check: connected, JetStream answering, the event stream declared.
+pub fn nats(bus: keel_bus::Bus) -> Check {
+    Check::new("nats", move || {
+        let bus = bus.clone();
+        async move {
+            bus.ping().await?;
+            bus.ensure_stream().await.map(|_| ())
+        }
+    })
+}

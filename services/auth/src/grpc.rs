@@ -262,6 +262,22 @@ impl pb::key_directory_server::KeyDirectory for KeyDirectoryService {
     }
 }
 
+fn user_pb(
+    tenant: &TenantId,
+    id: uuid::Uuid,
+    username: String,
+    roles: Vec<String>,
+    created: chrono::DateTime<chrono::Utc>,
+) -> pb::User {
+    pb::User {
+        tenant_id: tenant.to_string(),
+        user_id: id.to_string(),
+        username,
+        roles,
+        create_time: Some(timestamp(created)),
+    }
+}
+
 pub struct IdentityAdminService {
     identity: Identity,
 }
@@ -284,13 +300,9 @@ impl pb::identity_admin_server::IdentityAdmin for IdentityAdminService {
             .identity
             .create_user(&tenant, &r.username, r.password, r.roles)
             .await?;
-        Ok(Response::new(pb::User {
-            tenant_id: tenant.to_string(),
-            user_id: id.to_string(),
-            username: r.username,
-            roles,
-            create_time: Some(timestamp(created)),
-        }))
+        Ok(Response::new(user_pb(
+            &tenant, id, r.username, roles, created,
+        )))
     }
 
     async fn disable_user(
@@ -300,13 +312,9 @@ impl pb::identity_admin_server::IdentityAdmin for IdentityAdminService {
         let r = req.into_inner();
         let tenant = parse_tenant_id(&r.tenant_id)?;
         let (id, roles, created) = self.identity.disable_user(&tenant, &r.username).await?;
-        Ok(Response::new(pb::User {
-            tenant_id: tenant.to_string(),
-            user_id: id.to_string(),
-            username: r.username,
-            roles,
-            create_time: Some(timestamp(created)),
-        }))
+        Ok(Response::new(user_pb(
+            &tenant, id, r.username, roles, created,
+        )))
     }
 
     async fn rotate_signing_key(

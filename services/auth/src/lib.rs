@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_config::{ConfigError, Env};
-use keel_runtime::{Check, Host, HostConfig, HostSpec, Tasks};
+use keel_runtime::{Host, HostConfig, HostSpec, Tasks};
 use keel_store::{Shards, StoreConfig};
 use keel_token::{Clock, SystemClock};
 
@@ -185,23 +185,10 @@ pub async fn start_with_clock(cfg: Config, clock: Arc<dyn Clock>) -> Result<Host
     );
     let identity_for_http = identity;
     let bus = keel_bus::Bus::connect(cfg.bus.clone()).await?;
-    let check_shards = shards.clone();
     let checks = vec![
-        Check::new("postgres", move || {
-            let shards = check_shards.clone();
-            async move { shards.ready(&MIGRATOR).await }
-        }),
+        keel_runtime::health::postgres(shards.clone(), &MIGRATOR),
         keel_runtime::health::redis_ping("redis", redis),
-        {
-            let bus = bus.clone();
-            Check::new("nats", move || {
-                let bus = bus.clone();
-                async move {
-                    bus.ping().await?;
-                    bus.ensure_stream().await.map(|_| ())
-                }
-            })
-        },
+        keel_runtime::health::nats(bus.clone()),
     ];
     let tasks = Tasks::new();
     let mut host = Host::start(

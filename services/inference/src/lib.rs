@@ -12,7 +12,7 @@ pub mod grpc;
 
 use keel_bus::{Bus, BusConfig};
 use keel_config::{ConfigError, Env};
-use keel_runtime::{Check, Host, HostConfig, HostSpec, Tasks};
+use keel_runtime::{Host, HostConfig, HostSpec, Tasks};
 use keel_store::{Shards, StoreConfig};
 
 pub use error::Error;
@@ -84,23 +84,8 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
         ),
     );
     let checks = vec![
-        {
-            let shards = shards.clone();
-            Check::new("postgres", move || {
-                let shards = shards.clone();
-                async move { shards.ready(&MIGRATOR).await }
-            })
-        },
-        {
-            let bus = bus.clone();
-            Check::new("nats", move || {
-                let bus = bus.clone();
-                async move {
-                    bus.ping().await?;
-                    bus.ensure_stream().await.map(|_| ())
-                }
-            })
-        },
+        keel_runtime::health::postgres(shards.clone(), &MIGRATOR),
+        keel_runtime::health::nats(bus.clone()),
         keel_runtime::health::redis_ping("redis", redis),
     ];
     let mut host = Host::start(

@@ -8,7 +8,7 @@ pub mod handler;
 
 use keel_bus::{Bus, BusConfig, ConsumerSpec};
 use keel_config::{ConfigError, Env};
-use keel_runtime::{Check, Host, HostConfig, HostSpec, Tasks};
+use keel_runtime::{Host, HostConfig, HostSpec, Tasks};
 use keel_store::{Shards, StoreConfig};
 
 /// Default ports: gRPC (health and reflection only) 50054, admin 9094.
@@ -70,20 +70,8 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
     let shards = Shards::connect_lazy(&cfg.store, SCHEMA)?;
     let bus = Bus::connect(cfg.bus.clone()).await?;
     let checks = vec![
-        {
-            let shards = shards.clone();
-            Check::new("postgres", move || {
-                let shards = shards.clone();
-                async move { shards.ready(&MIGRATOR).await }
-            })
-        },
-        {
-            let bus = bus.clone();
-            Check::new("nats", move || {
-                let bus = bus.clone();
-                async move { bus.ping().await }
-            })
-        },
+        keel_runtime::health::postgres(shards.clone(), &MIGRATOR),
+        keel_runtime::health::nats(bus.clone()),
     ];
     let mut host = Host::start(
         &cfg.host,
