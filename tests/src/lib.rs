@@ -373,14 +373,13 @@ pub fn detail(st: &tonic::Status, key: &str) -> Option<String> {
     st.get_details_error_info()?.metadata.get(key).cloned()
 }
 
-/// Admin HTTP GET, returning the status code and body.
-pub async fn admin_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String)> {
+/// Sends one raw HTTP/1.1 request (`Connection: close`) and returns the status code and body.
+async fn http_exchange(addr: std::net::SocketAddr, request: String) -> Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
-        .context("admin connect")?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
+        .context("connect")?;
+    s.write_all(request.as_bytes()).await?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).await?;
     let code = buf
@@ -392,31 +391,27 @@ pub async fn admin_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, S
     Ok((code, body))
 }
 
+/// HTTP GET (admin endpoints, JWKS), returning the status code and body.
+pub async fn admin_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String)> {
+    http_exchange(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+}
+
 /// HTTP POST of a form body, returning the status code and body.
 pub async fn http_post_form(
     addr: std::net::SocketAddr,
     path: &str,
     form: &str,
 ) -> Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .context("connect")?;
-    s.write_all(
+    http_exchange(
+        addr,
         format!(
             "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
             form.len()
-        )
-        .as_bytes(),
+        ),
     )
-    .await?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await?;
-    let code = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("no status line")?;
-    let body = buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-    Ok((code, body))
+    .await
 }

@@ -158,7 +158,8 @@ impl Bus {
         format!("{}.events.{tenant}.{kind}", self.cfg.subject_prefix)
     }
 
-    /// The filter that matches one kind of event for every tenant.
+    /// The filter that matches one kind of event (a subject pattern such as `document.*`) for
+    /// every tenant.
     pub fn kind_filter(&self, kind: &str) -> String {
         format!("{}.events.*.{kind}", self.cfg.subject_prefix)
     }

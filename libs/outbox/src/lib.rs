@@ -238,15 +238,3 @@ async fn relay_batch(pool: &sqlx::PgPool, bus: &Bus, batch: i64) -> Result<usize
     metrics::counter!("keel_outbox_published_total").increment(sent.len() as u64);
     Ok(sent.len())
 }
-
-/// Unsent rows per shard (the relay's backlog), for readiness detail and metrics.
-pub async fn backlog(shards: &Shards) -> Result<i64, sqlx::Error> {
-    let mut total = 0;
-    for pool in shards.pools() {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_time IS NULL")
-            .fetch_one(pool)
-            .await?;
-        total += n;
-    }
-    Ok(total)
-}

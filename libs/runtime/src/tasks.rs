@@ -24,10 +24,6 @@ impl Tasks {
         self.token.clone()
     }
 
-    pub fn is_shutting_down(&self) -> bool {
-        self.token.is_cancelled()
-    }
-
     /// Spawns a named, tracked task. The name shows in the logs when it outlives the grace period.
     pub fn spawn<F>(&self, name: &'static str, fut: F)
     where

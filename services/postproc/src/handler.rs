@@ -218,9 +218,8 @@ impl Handler for DocumentHandler {
                 tracing::info!(event_id = %decoded.event_id, "duplicate event ignored");
                 Ok(())
             }
-            Err(e @ StoreError::Unavailable(_)) => Err(HandlerError::Transient(e.to_string())),
-            // Anything else from the database is unexpected; retry (bounded by max_deliver)
-            // rather than lose the event on a bug we can fix and replay.
+            // An outage, or anything unexpected from the database: retry (bounded by
+            // max_deliver) rather than lose the event on a bug we can fix and replay.
             Err(e) => Err(HandlerError::Transient(e.to_string())),
         }
     }

@@ -87,10 +87,7 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
         tasks.clone(),
     )
     .await?;
-    let mut spec = ConsumerSpec::new(
-        handler::DOCUMENTS_CONSUMER,
-        format!("{}.events.*.document.*", cfg.bus.subject_prefix),
-    );
+    let mut spec = ConsumerSpec::new(handler::DOCUMENTS_CONSUMER, bus.kind_filter("document.*"));
     spec.max_ack_pending = cfg.max_ack_pending;
     let token = tasks.token();
     let consumer_shards = shards.clone();
