@@ -116,6 +116,14 @@ pub fn test_master_key() -> String {
 /// The password every test user gets.
 pub const TEST_PASSWORD: &str = "correct horse battery staple";
 
+/// A port free at the time of asking (bound, read, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 /// The environment every service of one test shares: its databases, its stream, free ports.
 pub fn base_env(servers: &Servers, id: &str, database_urls: &[String]) -> Env {
     let mut env = Env::from_pairs([
@@ -132,7 +140,15 @@ pub fn base_env(servers: &Servers, id: &str, database_urls: &[String]) -> Env {
         ("KEEL_AUTH_MASTER_KEY", test_master_key()),
         ("KEEL_AUTH_HASH_CONCURRENCY", "2".into()),
     ]);
-    env = env.with("KEEL_AUTH_HTTP_ADDR", "127.0.0.1:0");
+    // The issuer must be the URL the auth service is really reached at (OIDC discovery checks
+    // it), so its HTTP port is chosen here rather than by the kernel at bind time.
+    let http_port = free_port();
+    env = env
+        .with("KEEL_AUTH_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+        .with(
+            "KEEL_AUTH_ISSUER_BASE",
+            format!("http://127.0.0.1:{http_port}"),
+        );
     for svc in ["AUTH", "INFERENCE", "POSTPROC", "GATEWAY"] {
         env = env
             .with(format!("KEEL_{svc}_GRPC_ADDR"), "127.0.0.1:0")
@@ -241,6 +257,30 @@ impl TestStack {
             })
             .await?;
         Ok(())
+    }
+
+    /// Registers (or updates) an OAuth client; returns the secret when one was minted.
+    pub async fn put_client(&self, client: keel_proto::auth::OAuthClient) -> Result<String> {
+        let mut admin = keel_proto::auth::identity_admin_client::IdentityAdminClient::new(
+            connect(&self.auth_url()).await?,
+        );
+        Ok(admin
+            .put_client(keel_proto::auth::PutClientRequest {
+                client: Some(client),
+                rotate_secret: false,
+            })
+            .await?
+            .into_inner()
+            .client_secret)
+    }
+
+    /// The auth service's public HTTP address (the issuers live under it).
+    pub fn auth_http(&self) -> std::net::SocketAddr {
+        self.auth
+            .as_ref()
+            .expect("auth running")
+            .http_addr()
+            .expect("auth serves HTTP")
     }
 
     /// Logs a user in through the gateway; returns (access token, refresh token).
@@ -373,31 +413,91 @@ pub fn detail(st: &tonic::Status, key: &str) -> Option<String> {
     st.get_details_error_info()?.metadata.get(key).cloned()
 }
 
-/// Sends one raw HTTP/1.1 request (`Connection: close`) and returns the status code and body.
-async fn http_exchange(addr: std::net::SocketAddr, request: String) -> Result<(u16, String)> {
+/// One HTTP response, read to the end.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The first header named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every header named `name`.
+    pub fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Sends one raw HTTP/1.1 request (`Connection: close`) and reads the whole response (bodies
+/// with Content-Length or read to close; our servers do not chunk these small answers).
+pub async fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<HttpResponse> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .context("connect")?;
-    s.write_all(request.as_bytes()).await?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await?;
-    let code = buf
-        .split_whitespace()
-        .nth(1)
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(body).await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no end of headers")?;
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|c| c.parse().ok())
         .context("no status line")?;
-    let body = buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-    Ok((code, body))
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Ok(HttpResponse {
+        status,
+        headers,
+        body: buf[split + 4..].to_vec(),
+    })
 }
 
 /// HTTP GET (admin endpoints, JWKS), returning the status code and body.
 pub async fn admin_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String)> {
-    http_exchange(
-        addr,
-        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
-    )
-    .await
+    let r = http_request(addr, "GET", path, &[], b"").await?;
+    Ok((r.status, r.text()))
 }
 
 /// HTTP POST of a form body, returning the status code and body.
@@ -406,12 +506,13 @@ pub async fn http_post_form(
     path: &str,
     form: &str,
 ) -> Result<(u16, String)> {
-    http_exchange(
+    let r = http_request(
         addr,
-        format!(
-            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
-            form.len()
-        ),
+        "POST",
+        path,
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        form.as_bytes(),
     )
-    .await
+    .await?;
+    Ok((r.status, r.text()))
 }

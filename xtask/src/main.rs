@@ -128,7 +128,12 @@ fn bench(args: &[String]) -> Result<ExitCode> {
 }
 
 /// Fuzz targets in `fuzz/` (seed corpora committed under `fuzz/corpus/<target>`).
-const FUZZ_TARGETS: &[&str] = &["token_verify", "tenant_id"];
+const FUZZ_TARGETS: &[&str] = &[
+    "token_verify",
+    "tenant_id",
+    "authorize_request",
+    "token_request",
+];
 
 /// `cargo xtask fuzz [TARGET] [SECONDS]`: installs cargo-fuzz when missing and runs libFuzzer on
 /// the stable toolchain (`RUSTC_BOOTSTRAP=1` unlocks the sanitizer flags cargo-fuzz passes).

@@ -159,9 +159,12 @@ impl Host {
         if let Some((listener, router)) = http {
             let token = tasks.token();
             tasks.spawn("http-server", async move {
-                let result = axum::serve(listener, router)
-                    .with_graceful_shutdown(token.cancelled_owned())
-                    .await;
+                let result = axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await;
                 if let Err(e) = result {
                     tracing::error!(error = %e, "HTTP server failed");
                 }

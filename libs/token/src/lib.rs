@@ -127,11 +127,20 @@ struct Header {
     kid: String,
 }
 
-/// Issues a token: `claims` signed with `key` (which must be the tenant's active key).
+/// Issues an access token: `claims` signed with `key` (which must be the tenant's active key).
 pub fn sign(claims: &AccessClaims, key: &SigningKey) -> String {
+    sign_jws(ACCESS_TOKEN_TYP, claims, key)
+}
+
+/// `typ` of OpenID Connect ID tokens. Distinct from [`ACCESS_TOKEN_TYP`], so neither kind of
+/// token passes for the other (RFC 8725 §3.11–3.12, R-14).
+pub const ID_TOKEN_TYP: &str = "JWT";
+
+/// Signs any claims set as a compact JWS with the given `typ` (ID tokens use [`ID_TOKEN_TYP`]).
+pub fn sign_jws<T: Serialize>(typ: &str, claims: &T, key: &SigningKey) -> String {
     let header = Header {
         alg: ALG_EDDSA.to_owned(),
-        typ: ACCESS_TOKEN_TYP.to_owned(),
+        typ: typ.to_owned(),
         kid: key.kid.clone(),
     };
     // Serialising these plain structs cannot fail.

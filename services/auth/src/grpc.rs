@@ -1,6 +1,7 @@
 //! The gRPC edge of the auth service: the tenant directory, authentication, the key directory
 //! and the operators' identity admin.
 
+use crate::clients::{Client, ClientSpec, client_sid};
 use keel_proto::auth as pb;
 use keel_proto::public;
 use keel_tenancy::TenantId;
@@ -119,7 +120,7 @@ impl pb::authentication_server::Authentication for AuthenticationService {
         let r = req.into_inner();
         Ok(Response::new(issued(
             self.identity
-                .refresh(&r.refresh_token, &r.client_id)
+                .refresh(&r.refresh_token, &r.client_id, false)
                 .await?,
         )))
     }
@@ -344,5 +345,74 @@ impl pb::identity_admin_server::IdentityAdmin for IdentityAdminService {
             .await?
             .ok_or_else(|| not_found(kid))?;
         Ok(Response::new(key_pb(rec)))
+    }
+
+    async fn put_client(
+        &self,
+        req: Request<pb::PutClientRequest>,
+    ) -> Result<Response<pb::PutClientResponse>, Status> {
+        let r = req.into_inner();
+        let c = r
+            .client
+            .ok_or_else(|| Status::from(crate::identity::invalid("client", "is required")))?;
+        let tenant = parse_tenant_id(&c.tenant_id)?;
+        self.identity.tenants.get(&tenant).await?;
+        let spec = ClientSpec {
+            client_id: c.client_id,
+            display_name: c.display_name,
+            confidential: c.confidential,
+            redirect_uris: c.redirect_uris,
+            grant_types: c.grant_types,
+            scopes: c.scopes,
+        };
+        let (client, secret, changed) = self
+            .identity
+            .clients
+            .put(&tenant, &spec, r.rotate_secret)
+            .await?;
+        Ok(Response::new(pb::PutClientResponse {
+            client: Some(client_pb(client)),
+            client_secret: secret.unwrap_or_default(),
+            changed,
+        }))
+    }
+
+    async fn list_clients(
+        &self,
+        req: Request<pb::ListClientsRequest>,
+    ) -> Result<Response<pb::ListClientsResponse>, Status> {
+        let tenant = parse_tenant_id(&req.get_ref().tenant_id)?;
+        let clients = self.identity.clients.list(&tenant).await?;
+        Ok(Response::new(pb::ListClientsResponse {
+            clients: clients.into_iter().map(client_pb).collect(),
+        }))
+    }
+
+    async fn disable_client(
+        &self,
+        req: Request<pb::DisableClientRequest>,
+    ) -> Result<Response<pb::OAuthClient>, Status> {
+        let r = req.into_inner();
+        let tenant = parse_tenant_id(&r.tenant_id)?;
+        let client = self.identity.clients.disable(&tenant, &r.client_id).await?;
+        // Its client-credentials tokens die with it, at the gateway too.
+        self.identity
+            .publish_revocation(&tenant, &client_sid(&r.client_id))
+            .await?;
+        Ok(Response::new(client_pb(client)))
+    }
+}
+
+fn client_pb(c: Client) -> pb::OAuthClient {
+    pb::OAuthClient {
+        tenant_id: c.tenant.to_string(),
+        client_id: c.spec.client_id,
+        display_name: c.spec.display_name,
+        confidential: c.spec.confidential,
+        redirect_uris: c.spec.redirect_uris,
+        grant_types: c.spec.grant_types,
+        scopes: c.spec.scopes,
+        disabled: c.disabled,
+        create_time: Some(timestamp(c.create_time)),
     }
 }

@@ -57,6 +57,11 @@ pub enum Error {
     InvalidGrant,
     #[error("user {0} already exists")]
     UserExists(String),
+    /// RFC 6749 `invalid_client`: unknown or disabled client, or wrong secret.
+    #[error("client authentication failed")]
+    InvalidClient,
+    #[error("no client {0}")]
+    UnknownClient(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(&'static str),
     #[error("revocation store unavailable: {0}")]
@@ -80,7 +85,10 @@ impl KeelError for Error {
     fn reason(&self) -> Reason {
         match self {
             Error::InvalidArgument { .. } => Reason::InvalidArgument,
-            Error::InvalidCredentials | Error::InvalidGrant => Reason::Unauthenticated,
+            Error::InvalidCredentials | Error::InvalidGrant | Error::InvalidClient => {
+                Reason::Unauthenticated
+            }
+            Error::UnknownClient(_) => Reason::NotFound,
             Error::UserExists(_) => Reason::IdempotencyKeyReused,
             Error::Corrupt(_) => Reason::Internal,
             Error::Redis(_) => Reason::Unavailable,
@@ -107,7 +115,7 @@ impl From<Error> for tonic::Status {
     }
 }
 
-fn invalid(field: &'static str, problem: impl Into<String>) -> Error {
+pub(crate) fn invalid(field: &'static str, problem: impl Into<String>) -> Error {
     Error::InvalidArgument {
         field,
         problem: problem.into(),
@@ -119,13 +127,13 @@ pub(crate) fn ts(secs: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(secs, 0).unwrap_or_default()
 }
 
-fn random_token<const N: usize>() -> Result<String, Error> {
+pub(crate) fn random_token<const N: usize>() -> Result<String, Error> {
     keel_token::keys::random_bytes::<N>()
         .map(|b| URL_SAFE_NO_PAD.encode(b))
         .map_err(|_| Error::Corrupt("random source"))
 }
 
-fn hash_token(token: &str) -> Vec<u8> {
+pub(crate) fn hash_token(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
@@ -147,6 +155,26 @@ pub fn scopes_for(roles: &[String]) -> String {
 
 pub const ROLES: &[&str] = &["admin", "member"];
 
+/// OpenID Connect scopes any user may be granted on top of what their roles allow.
+pub const OIDC_SCOPES: &[&str] = &["openid", "profile", "offline_access"];
+
+/// The scope a session's tokens carry now: what was granted (or, for first-party logins, all
+/// the roles allow), narrowed to what the user's *current* roles allow, so a demotion takes
+/// effect at the next refresh.
+pub fn effective_scope(roles: &[String], granted: Option<&str>) -> String {
+    let allowed = scopes_for(roles);
+    match granted {
+        None => allowed,
+        Some(g) => g
+            .split(' ')
+            .filter(|s| {
+                !s.is_empty() && (OIDC_SCOPES.contains(s) || allowed.split(' ').any(|a| a == *s))
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
 /// Token lifetimes.
 #[derive(Debug, Clone)]
 pub struct Lifetimes {
@@ -166,6 +194,10 @@ pub struct Issued {
     pub access_token: String,
     pub refresh_token: String,
     pub expires_in: i64,
+    /// The scope the access token carries.
+    pub scope: String,
+    /// The session the tokens belong to (empty while a second factor is pending).
+    pub sid: String,
     /// Set (and the tokens empty) when the password was right and a second factor is needed.
     pub mfa_token: Option<String>,
 }
@@ -183,6 +215,7 @@ pub struct Identity {
     pub sealer: crate::seal::Sealer,
     pub audit: crate::audit::Audit,
     pub redis_prefix: String,
+    pub clients: crate::clients::Clients,
 }
 
 pub(crate) struct SessionInfo {
@@ -192,7 +225,27 @@ pub(crate) struct SessionInfo {
     pub(crate) acr: String,
     pub(crate) amr: Vec<String>,
     pub(crate) auth_time: i64,
-    pub(crate) roles: Vec<String>,
+    pub(crate) scope: String,
+}
+
+/// Someone who has just proved who they are: the input of a new session.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub tenant: TenantId,
+    pub tier: String,
+    pub user_id: Uuid,
+    pub roles: Vec<String>,
+    /// `pwd` or `mfa`.
+    pub acr: String,
+    pub amr: Vec<String>,
+    pub auth_time: i64,
+}
+
+/// The outcome of a correct password.
+pub enum Authenticated {
+    Done(Principal),
+    /// A second factor is required; the token names the parked login.
+    MfaRequired(String),
 }
 
 impl Identity {
@@ -243,7 +296,7 @@ impl Identity {
         Ok((id, roles, row.try_get("create_time")?))
     }
 
-    /// Password login, limited per account (inside) and per tenant and source address (here).
+    /// Password login (the gRPC flow): a session at once, or an MFA challenge.
     pub async fn login(
         &self,
         tenant_raw: &str,
@@ -252,6 +305,32 @@ impl Identity {
         client_id: &str,
         source: Option<std::net::IpAddr>,
     ) -> Result<Issued, Error> {
+        match self
+            .password_step(tenant_raw, username, password, client_id, source)
+            .await?
+        {
+            Authenticated::Done(p) => self.start_session(&p, client_id, None).await,
+            Authenticated::MfaRequired(mfa_token) => Ok(Issued {
+                access_token: String::new(),
+                refresh_token: String::new(),
+                expires_in: 0,
+                scope: String::new(),
+                sid: String::new(),
+                mfa_token: Some(mfa_token),
+            }),
+        }
+    }
+
+    /// A password check limited per account (inside) and per tenant and source address (here):
+    /// the first step of every login, gRPC or the OIDC login page.
+    pub(crate) async fn password_step(
+        &self,
+        tenant_raw: &str,
+        username: &str,
+        password: String,
+        client_id: &str,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<Authenticated, Error> {
         let source_key = source.and_then(|ip| {
             let tenant = TenantId::parse(tenant_raw).ok()?;
             Some(self.redis_key(&tenant, "login-src", &ip.to_string()))
@@ -273,7 +352,7 @@ impl Identity {
             }
         }
         let result = self
-            .login_checked(tenant_raw, username, password, client_id)
+            .authenticate_password(tenant_raw, username, password, client_id)
             .await;
         if let (Err(Error::InvalidCredentials), Some(key)) = (&result, &source_key) {
             let mut conn = self
@@ -302,13 +381,15 @@ impl Identity {
         tenant.redis_key(&format!("{}:{kind}", self.redis_prefix), key)
     }
 
-    async fn login_checked(
+    /// Checks a password (with the per-account limit), without starting a session: the caller
+    /// starts one (gRPC login) or issues an authorization code (the OIDC code flow).
+    async fn authenticate_password(
         &self,
         tenant_raw: &str,
         username: &str,
         password: String,
         client_id: &str,
-    ) -> Result<Issued, Error> {
+    ) -> Result<Authenticated, Error> {
         let tenant =
             TenantId::parse(tenant_raw).map_err(|e| invalid("tenant_id", e.to_string()))?;
         if client_id.is_empty() || client_id.len() > 128 {
@@ -392,64 +473,73 @@ impl Identity {
         if self.mfa_enabled(&tenant, user_id).await? {
             let mfa_token = self.begin_mfa(&tenant, user_id, client_id).await?;
             tracing::info!(tenant = %tenant, user_id = %user_id, "password accepted; second factor required");
-            return Ok(Issued {
-                access_token: String::new(),
-                refresh_token: String::new(),
-                expires_in: 0,
-                mfa_token: Some(mfa_token),
-            });
+            return Ok(Authenticated::MfaRequired(mfa_token));
         }
-        let issued = self
-            .start_session(
-                &tenant,
-                tier,
-                user_id,
-                roles,
-                client_id,
-                "pwd",
-                vec!["pwd".into()],
-                now,
-            )
-            .await?;
-        tracing::info!(tenant = %tenant, user_id = %user_id, "login succeeded");
-        Ok(issued)
+        tracing::info!(tenant = %tenant, user_id = %user_id, "password accepted");
+        Ok(Authenticated::Done(Principal {
+            tenant: tenant.clone(),
+            tier: tier.to_owned(),
+            user_id,
+            roles,
+            acr: "pwd".into(),
+            amr: vec!["pwd".into()],
+            auth_time: now,
+        }))
     }
 
     /// A new session (a new ID every time: R-40), its refresh family and first tokens.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn start_session(
+    /// `scope`: what the client asked for (already narrowed to what the roles allow); `None`
+    /// for first-party logins, which get everything the roles allow.
+    pub async fn start_session(
         &self,
-        tenant: &TenantId,
-        tier: &str,
-        user_id: Uuid,
-        roles: Vec<String>,
+        p: &Principal,
         client_id: &str,
-        acr: &str,
-        amr: Vec<String>,
-        now: i64,
+        scope: Option<String>,
     ) -> Result<Issued, Error> {
-        let key = self.keys.signing_key(tenant).await?;
-        let mut tx = self.shards.begin(tenant).await?;
+        let key = self.keys.signing_key(&p.tenant).await?;
+        let mut tx = self.shards.begin(&p.tenant).await?;
+        let issued = self
+            .start_session_in(&mut tx, &key, p, client_id, scope)
+            .await?;
+        tx.commit().await?;
+        self.audit.wake();
+        Ok(issued)
+    }
+
+    /// [`Identity::start_session`] inside the caller's transaction (the code flow marks the
+    /// code with the session in the same transaction). The caller commits and wakes the audit
+    /// relay.
+    pub(crate) async fn start_session_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        key: &keel_token::SigningKey,
+        p: &Principal,
+        client_id: &str,
+        scope: Option<String>,
+    ) -> Result<Issued, Error> {
+        let tenant = &p.tenant;
         let session = SessionInfo {
             sid: random_token::<16>()?,
-            user_id,
+            user_id: p.user_id,
             client_id: client_id.to_owned(),
-            acr: acr.to_owned(),
-            amr,
-            auth_time: now,
-            roles,
+            acr: p.acr.clone(),
+            amr: p.amr.clone(),
+            auth_time: p.auth_time,
+            scope: effective_scope(&p.roles, scope.as_deref()),
         };
+        let now = self.clock.now();
         sqlx::query(
-            "INSERT INTO sessions (tenant_id, sid, user_id, client_id, acr, amr, auth_time) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO sessions (tenant_id, sid, user_id, client_id, acr, amr, auth_time, scope) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(tenant.as_str())
         .bind(&session.sid)
-        .bind(user_id)
+        .bind(p.user_id)
         .bind(client_id)
         .bind(&session.acr)
         .bind(&session.amr)
-        .bind(ts(now))
-        .execute(&mut *tx)
+        .bind(ts(p.auth_time))
+        .bind(scope.as_ref().map(|_| &session.scope))
+        .execute(&mut **tx)
         .await?;
         let family = Uuid::now_v7();
         sqlx::query(
@@ -459,20 +549,20 @@ impl Identity {
         .bind(tenant.as_str())
         .bind(family)
         .bind(&session.sid)
-        .bind(user_id)
+        .bind(p.user_id)
         .bind(client_id)
         .bind(ts(now + self.lifetimes.refresh_idle_secs.min(self.lifetimes.refresh_absolute_secs)))
         .bind(ts(now + self.lifetimes.refresh_absolute_secs))
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
-        let refresh = self.new_refresh_token(&mut tx, tenant, family, 0).await?;
-        let access = self.access_token(&key, tenant, tier, &session, now);
+        let refresh = self.new_refresh_token(tx, tenant, family, 0).await?;
+        let access = self.access_token(key, tenant, &p.tier, &session, now);
         self.audit
             .record(
-                &mut tx,
+                tx,
                 tenant,
                 "session.started",
-                Some(user_id),
+                Some(p.user_id),
                 Some(&session.sid),
                 vec![
                     ("acr", session.acr.clone()),
@@ -481,12 +571,12 @@ impl Identity {
                 ],
             )
             .await?;
-        tx.commit().await?;
-        self.audit.wake();
         Ok(Issued {
             access_token: access,
             refresh_token: refresh,
             expires_in: self.lifetimes.access_secs,
+            scope: session.scope,
+            sid: session.sid,
             mfa_token: None,
         })
     }
@@ -524,14 +614,18 @@ impl Identity {
     ) -> String {
         let claims = AccessClaims {
             iss: keel_token::issuer(&self.issuer_base, tenant),
-            sub: s.user_id.to_string(),
+            // Client-credentials tokens are about the client itself (RFC 9068 §2.2).
+            sub: match crate::clients::client_of_sid(&s.sid) {
+                Some(client) => client.to_owned(),
+                None => s.user_id.to_string(),
+            },
             aud: keel_token::audience(tenant),
             client_id: s.client_id.clone(),
             iat: now,
             exp: now + self.lifetimes.access_secs,
             nbf: None,
             jti: Uuid::new_v4().to_string(),
-            scope: scopes_for(&s.roles),
+            scope: s.scope.clone(),
             tenant_id: tenant.to_string(),
             tier: tier.to_owned(),
             sid: s.sid.clone(),
@@ -555,7 +649,15 @@ impl Identity {
         }
     }
 
-    pub async fn refresh(&self, token: &str, client_id: &str) -> Result<Issued, Error> {
+    /// Rotates a refresh token. `client_id` empty: a first-party caller (gRPC), which may not
+    /// redeem the tokens of a registered confidential client; `client_authenticated`: the caller
+    /// proved it is `client_id` with its secret.
+    pub async fn refresh(
+        &self,
+        token: &str,
+        client_id: &str,
+        client_authenticated: bool,
+    ) -> Result<Issued, Error> {
         let tenant = Self::refresh_tenant(token)?;
         let now = self.clock.now();
         let hash = hash_token(token);
@@ -609,7 +711,7 @@ impl Identity {
         let generation: i64 = used.try_get("generation")?;
         let fam = sqlx::query(
             "SELECT f.sid, f.user_id, f.client_id, f.state, f.idle_expires, f.absolute_expires,
-                    s.acr, s.amr, s.auth_time, s.revoked_at, u.roles, u.disabled
+                    s.acr, s.amr, s.auth_time, s.revoked_at, s.scope, u.roles, u.disabled
              FROM refresh_families f
              JOIN sessions s ON s.tenant_id = f.tenant_id AND s.sid = f.sid
              JOIN users u ON u.tenant_id = f.tenant_id AND u.user_id = f.user_id
@@ -625,7 +727,15 @@ impl Identity {
         let state: String = fam.try_get("state")?;
         let revoked_at: Option<DateTime<Utc>> = fam.try_get("revoked_at")?;
         let disabled: bool = fam.try_get("disabled")?;
+        let confidential: Option<bool> = sqlx::query_scalar(
+            "SELECT secret_hash IS NOT NULL FROM oauth_clients WHERE tenant_id = $1 AND client_id = $2",
+        )
+        .bind(tenant.as_str())
+        .bind(&fam_client)
+        .fetch_optional(&mut *tx)
+        .await?;
         let usable = state == "active"
+            && (confidential != Some(true) || client_authenticated)
             && revoked_at.is_none()
             && !disabled
             && now < idle.timestamp()
@@ -664,7 +774,10 @@ impl Identity {
             acr: fam.try_get("acr")?,
             amr: fam.try_get("amr")?,
             auth_time: fam.try_get::<DateTime<Utc>, _>("auth_time")?.timestamp(),
-            roles: fam.try_get("roles")?,
+            scope: effective_scope(
+                &fam.try_get::<Vec<String>, _>("roles")?,
+                fam.try_get::<Option<String>, _>("scope")?.as_deref(),
+            ),
         };
         let access = self.access_token(&key, &tenant, tier, &session, now);
         tx.commit().await?;
@@ -672,6 +785,8 @@ impl Identity {
             access_token: access,
             refresh_token: next,
             expires_in: self.lifetimes.access_secs,
+            scope: session.scope,
+            sid: session.sid,
             mfa_token: None,
         })
     }

@@ -7,6 +7,8 @@
 //! * [`grpc`] — `TenantDirectory`, `Authentication`, `KeyDirectory`, `IdentityAdmin`.
 
 pub mod audit;
+pub mod clients;
+pub mod codes;
 pub mod grpc;
 pub mod identity;
 pub mod keys;
@@ -162,6 +164,7 @@ pub async fn start_with_clock(cfg: Config, clock: Arc<dyn Clock>) -> Result<Host
         sealer,
         audit: audit.clone(),
         redis_prefix: cfg.redis_prefix.clone(),
+        clients: clients::Clients::new(shards.clone()),
     };
     let routes = tonic::service::Routes::new(
         keel_proto::auth::tenant_directory_server::TenantDirectoryServer::new(
@@ -205,7 +208,7 @@ pub async fn start_with_clock(cfg: Config, clock: Arc<dyn Clock>) -> Result<Host
             checks,
             trust_tenant_header: true,
             gate: None,
-            http: Some((cfg.http_addr, oidc::router(keys.clone(), identity_for_http))),
+            http: Some((cfg.http_addr, oidc::router(identity_for_http))),
         },
         tasks.clone(),
     )

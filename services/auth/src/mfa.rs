@@ -56,6 +56,12 @@ impl Identity {
                     .or_else(|| v.strip_prefix("bearer "))
             })
             .ok_or(Error::InvalidCredentials)?;
+        self.verify_access_token(token).await
+    }
+
+    /// Verifies an access token with the same verifier the gateway uses, then checks it is still
+    /// alive: its session not revoked, or (client-credentials tokens) its client not disabled.
+    pub async fn verify_access_token(&self, token: &str) -> Result<Verified, Error> {
         let kid = keel_token::peek_kid(token).map_err(|_| Error::InvalidCredentials)?;
         let record = self.keys.record(&kid).await?;
         struct One(Option<keel_token::KeyRecord>);
@@ -73,13 +79,22 @@ impl Identity {
         }
         .verify(token, &One(record))
         .map_err(|_| Error::InvalidCredentials)?;
-        let alive: Option<bool> = sqlx::query_scalar(
-            "SELECT revoked_at IS NULL FROM sessions WHERE tenant_id = $1 AND sid = $2",
-        )
-        .bind(v.tenant.as_str())
-        .bind(&v.claims.sid)
-        .fetch_optional(self.shards.pool(&v.tenant))
-        .await?;
+        let alive = match crate::clients::client_of_sid(&v.claims.sid) {
+            Some(client_id) => self
+                .clients
+                .get(&v.tenant, client_id)
+                .await?
+                .map(|c| !c.disabled),
+            None => {
+                sqlx::query_scalar(
+                    "SELECT revoked_at IS NULL FROM sessions WHERE tenant_id = $1 AND sid = $2",
+                )
+                .bind(v.tenant.as_str())
+                .bind(&v.claims.sid)
+                .fetch_optional(self.shards.pool(&v.tenant))
+                .await?
+            }
+        };
         if alive != Some(true) {
             return Err(Error::InvalidCredentials);
         }
@@ -237,6 +252,17 @@ impl Identity {
 
     /// The second step of a login that answered `mfa_required`.
     pub async fn verify_mfa(&self, mfa_token: &str, code: &str) -> Result<Issued, Error> {
+        let (p, client_id) = self.complete_mfa(mfa_token, code).await?;
+        self.start_session(&p, &client_id, None).await
+    }
+
+    /// Checks the second factor of a parked login and consumes it: the principal (with
+    /// `acr=mfa`) and the client the login was for.
+    pub(crate) async fn complete_mfa(
+        &self,
+        mfa_token: &str,
+        code: &str,
+    ) -> Result<(crate::identity::Principal, String), Error> {
         let mut parts = mfa_token.splitn(3, '.');
         let tenant = match (parts.next(), parts.next(), parts.next()) {
             (Some(MFA_PREFIX), Some(t), Some(s)) if !s.is_empty() && mfa_token.len() <= 256 => {
@@ -267,17 +293,18 @@ impl Identity {
             return Err(Error::InvalidCredentials);
         }
         let (roles, tier) = self.user_roles_and_tier(&tenant, user).await?;
-        self.start_session(
-            &tenant,
-            &tier,
-            user,
-            roles,
-            &client_id,
-            "mfa",
-            vec!["pwd".into(), amr.into()],
-            self.clock.now(),
-        )
-        .await
+        Ok((
+            crate::identity::Principal {
+                tenant,
+                tier,
+                user_id: user,
+                roles,
+                acr: "mfa".into(),
+                amr: vec!["pwd".into(), amr.into()],
+                auth_time: self.clock.now(),
+            },
+            client_id,
+        ))
     }
 
     async fn user_roles_and_tier(
@@ -410,17 +437,25 @@ impl Identity {
         let user = user_of(v)?;
         let amr = self.second_factor(&v.tenant, user, code).await?;
         let (roles, tier) = self.user_roles_and_tier(&v.tenant, user).await?;
+        let principal = crate::identity::Principal {
+            tenant: v.tenant.clone(),
+            tier,
+            user_id: user,
+            roles,
+            acr: "mfa".into(),
+            amr: vec!["pwd".into(), amr.into()],
+            auth_time: self.clock.now(),
+        };
+        // The new session keeps what the old one was granted.
+        let granted: Option<String> =
+            sqlx::query_scalar("SELECT scope FROM sessions WHERE tenant_id = $1 AND sid = $2")
+                .bind(v.tenant.as_str())
+                .bind(&v.claims.sid)
+                .fetch_optional(self.shards.pool(&v.tenant))
+                .await?
+                .flatten();
         let issued = self
-            .start_session(
-                &v.tenant,
-                &tier,
-                user,
-                roles,
-                &v.claims.client_id,
-                "mfa",
-                vec!["pwd".into(), amr.into()],
-                self.clock.now(),
-            )
+            .start_session(&principal, &v.claims.client_id, granted)
             .await?;
         self.end_session(&v.tenant, &v.claims.sid).await?;
         tracing::info!(tenant = %v.tenant, user_id = %user, "step-up succeeded; previous session ended");
@@ -511,7 +546,7 @@ impl Identity {
         self.end_sessions(&v.tenant, user, None).await
     }
 
-    async fn end_session(&self, tenant: &TenantId, sid: &str) -> Result<(), Error> {
+    pub(crate) async fn end_session(&self, tenant: &TenantId, sid: &str) -> Result<(), Error> {
         let mut tx = self.shards.begin(tenant).await?;
         let families: Vec<Uuid> = sqlx::query_scalar(
             "SELECT family_id FROM refresh_families WHERE tenant_id = $1 AND sid = $2",
