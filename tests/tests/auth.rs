@@ -449,10 +449,17 @@ async fn each_tenant_publishes_its_own_jwks_with_public_keys_only() {
         keys.iter().all(|k| k.get("d").is_none()),
         "no private material"
     );
-    // Another tenant's issuer does not publish acme's keys; unknown or malformed issuers are 404.
+    // Another tenant's issuer publishes its own keys (its first, made on demand), never acme's.
     stack.create_tenant("globex").await.unwrap();
+    let (code, body) = keel_tests::admin_get(http, "/t/globex/jwks.json")
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let globex: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(globex["keys"].as_array().unwrap().len(), 1);
+    assert!(!body.contains(&kid));
+    // Unknown or malformed issuers are 404.
     for path in [
-        "/t/globex/jwks.json",
         "/t/nobody/jwks.json",
         "/t/..%2F..%2Fetc/jwks.json",
         "/t/ACME/jwks.json",

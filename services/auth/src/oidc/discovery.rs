@@ -11,8 +11,18 @@ pub async fn jwks(State(id): State<Identity>, Path(tenant): Path<String>) -> Res
     let Some(tenant) = tenant_of(&tenant) else {
         return no_such_issuer();
     };
+    match id.tenants.get(&tenant).await {
+        Ok(t) if t.active => {}
+        Ok(_) | Err(crate::tenants::Error::Unknown(_)) => return no_such_issuer(),
+        Err(e) => return unavailable(&e),
+    }
+    // A tenant that has never signed gets its first key now, so that clients can fetch the
+    // JWKS before the first token exists.
+    if let Err(e) = id.keys.signing_key(&tenant).await {
+        return unavailable(&e);
+    }
     match id.keys.published(&tenant).await {
-        Ok(keys) if !keys.is_empty() => (
+        Ok(keys) => (
             [(
                 header::CACHE_CONTROL,
                 format!("public, max-age={JWKS_MAX_AGE_SECS}"),
@@ -22,8 +32,6 @@ pub async fn jwks(State(id): State<Identity>, Path(tenant): Path<String>) -> Res
             ),
         )
             .into_response(),
-        // A tenant that has never signed (or does not exist) has no keys to publish.
-        Ok(_) => no_such_issuer(),
         Err(e) => unavailable(&e),
     }
 }
