@@ -40,6 +40,11 @@ struct Cli {
         global = true
     )]
     auth_url: String,
+    /// The operator's admin credential (tenant and user commands); defaults to
+    /// .keel/admin.token when `cargo xtask up` wrote it. A tenant admin's access token works
+    /// too, for their own tenant.
+    #[arg(long, env = "KEEL_ADMIN_TOKEN", global = true, hide_env_values = true)]
+    admin_token: Option<String>,
     /// Access token; defaults to the one in .keel/demo.json when `cargo xtask up` wrote it.
     #[arg(long, env = "KEEL_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
@@ -308,6 +313,23 @@ fn tenant_json(t: &authpb::Tenant) -> Value {
     json!({ "tenant_id": t.tenant_id, "display_name": t.display_name, "tier": t.tier, "status": t.status, "create_time": ts(&t.create_time) })
 }
 
+/// Where `cargo xtask up` keeps the local stack's operator credential.
+const ADMIN_TOKEN_FILE: &str = ".keel/admin.token";
+
+/// The admin credential: given, or the local stack's.
+fn admin_bearer(given: Option<&str>) -> Result<keel_proto::client::Bearer> {
+    let token = match given {
+        Some(t) => t.to_owned(),
+        None => std::fs::read_to_string(ADMIN_TOKEN_FILE)
+            .map(|s| s.trim().to_owned())
+            .with_context(|| {
+                format!("no admin credential: pass --admin-token or KEEL_ADMIN_TOKEN (or run from a checkout where `cargo xtask up` wrote {ADMIN_TOKEN_FILE})")
+            })?,
+    };
+    keel_proto::client::Bearer::new(&token)
+        .context("the admin credential is not a valid header value")
+}
+
 async fn run(cli: Cli) -> Result<Value> {
     match cli.command {
         Cmd::Health { addr, service } => {
@@ -330,8 +352,9 @@ async fn run(cli: Cli) -> Result<Value> {
             password_stdin,
             roles,
         }) => {
-            let mut admin = authpb::identity_admin_client::IdentityAdminClient::new(
+            let mut admin = authpb::identity_admin_client::IdentityAdminClient::with_interceptor(
                 channel(&cli.auth_url).await?,
+                admin_bearer(cli.admin_token.as_deref())?,
             );
             let u = admin
                 .create_user(authpb::CreateUserRequest {
@@ -389,9 +412,11 @@ async fn run(cli: Cli) -> Result<Value> {
             Ok(tokens_json(&r))
         }
         Cmd::Tenant(cmd) => {
-            let mut client = authpb::tenant_directory_client::TenantDirectoryClient::new(
-                channel(&cli.auth_url).await?,
-            );
+            let mut client =
+                authpb::tenant_directory_client::TenantDirectoryClient::with_interceptor(
+                    channel(&cli.auth_url).await?,
+                    admin_bearer(cli.admin_token.as_deref())?,
+                );
             match cmd {
                 TenantCmd::Create { id, name, tier } => {
                     let t = client

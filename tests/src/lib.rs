@@ -139,6 +139,7 @@ pub fn base_env(servers: &Servers, id: &str, database_urls: &[String]) -> Env {
         ("KEEL_DB_MAX_CONNECTIONS", "4".into()),
         ("KEEL_AUTH_MASTER_KEY", test_master_key()),
         ("KEEL_AUTH_HASH_CONCURRENCY", "2".into()),
+        ("KEEL_AUTH_ADMIN_TOKEN", test_master_key()),
     ]);
     // The issuer must be the URL the auth service is really reached at (OIDC discovery checks
     // it), so its HTTP port is chosen here rather than by the kernel at bind time.
@@ -228,12 +229,38 @@ impl TestStack {
         ))
     }
 
+    /// The operator's bootstrap credential of this stack.
+    pub fn admin_token(&self) -> String {
+        self.env
+            .raw("KEEL_AUTH_ADMIN_TOKEN")
+            .expect("an admin token")
+            .to_owned()
+    }
+
+    /// The auth service's admin API, called as the operator.
+    pub async fn admin(&self) -> Result<AdminClient> {
+        Ok(
+            keel_proto::auth::identity_admin_client::IdentityAdminClient::with_interceptor(
+                connect(&self.auth_url()).await?,
+                bearer(&self.admin_token()),
+            ),
+        )
+    }
+
+    /// The tenant directory, called as the operator.
+    pub async fn directory(&self) -> Result<DirectoryClient> {
+        Ok(
+            keel_proto::auth::tenant_directory_client::TenantDirectoryClient::with_interceptor(
+                connect(&self.auth_url()).await?,
+                bearer(&self.admin_token()),
+            ),
+        )
+    }
+
     /// Registers a tenant in the auth directory.
     pub async fn create_tenant(&self, tenant: &str) -> Result<()> {
-        let mut client = keel_proto::auth::tenant_directory_client::TenantDirectoryClient::new(
-            connect(&self.auth_url()).await?,
-        );
-        client
+        self.directory()
+            .await?
             .create_tenant(keel_proto::auth::CreateTenantRequest {
                 tenant_id: tenant.into(),
                 display_name: format!("Tenant {tenant}"),
@@ -245,10 +272,8 @@ impl TestStack {
 
     /// Creates a user in `tenant` (which must exist) with the given roles.
     pub async fn create_user(&self, tenant: &str, username: &str, roles: &[&str]) -> Result<()> {
-        let mut admin = keel_proto::auth::identity_admin_client::IdentityAdminClient::new(
-            connect(&self.auth_url()).await?,
-        );
-        admin
+        self.admin()
+            .await?
             .create_user(keel_proto::auth::CreateUserRequest {
                 tenant_id: tenant.into(),
                 username: username.into(),
@@ -261,10 +286,9 @@ impl TestStack {
 
     /// Registers (or updates) an OAuth client; returns the secret when one was minted.
     pub async fn put_client(&self, client: keel_proto::auth::OAuthClient) -> Result<String> {
-        let mut admin = keel_proto::auth::identity_admin_client::IdentityAdminClient::new(
-            connect(&self.auth_url()).await?,
-        );
-        Ok(admin
+        Ok(self
+            .admin()
+            .await?
             .put_client(keel_proto::auth::PutClientRequest {
                 client: Some(client),
                 rotate_secret: false,
@@ -339,6 +363,20 @@ impl TestStack {
         }
     }
 }
+
+pub use keel_proto::client::Bearer;
+
+/// The Bearer interceptor for a test credential.
+pub fn bearer(token: &str) -> Bearer {
+    Bearer::new(token).expect("a token is ASCII")
+}
+
+pub type AdminClient = keel_proto::auth::identity_admin_client::IdentityAdminClient<
+    tonic::service::interceptor::InterceptedService<Channel, Bearer>,
+>;
+pub type DirectoryClient = keel_proto::auth::tenant_directory_client::TenantDirectoryClient<
+    tonic::service::interceptor::InterceptedService<Channel, Bearer>,
+>;
 
 pub async fn connect(url: &str) -> Result<Channel> {
     Ok(tonic::transport::Endpoint::from_shared(url.to_owned())?

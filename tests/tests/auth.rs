@@ -344,9 +344,7 @@ async fn row_29_key_rotation_rehearsal_through_the_gateway() {
     let stack = TestStack::start().await.unwrap();
     let (old_token, _) = setup(&stack).await;
     list(&stack, &old_token).await.unwrap();
-    let mut admin = keel_proto::auth::identity_admin_client::IdentityAdminClient::new(
-        connect(&stack.auth_url()).await.unwrap(),
-    );
+    let mut admin = stack.admin().await.unwrap();
     let kid = |t: &str| keel_token::peek_kid(t).unwrap();
     let old_kid = kid(&old_token);
 
@@ -615,9 +613,7 @@ async fn asvs_7_4_changing_the_password_or_disabling_the_user_ends_sessions() {
         "the old password no longer works"
     );
     // An operator disables the user: every session ends and logins are refused.
-    let mut admin = keel_proto::auth::identity_admin_client::IdentityAdminClient::new(
-        connect(&stack.auth_url()).await.unwrap(),
-    );
+    let mut admin = stack.admin().await.unwrap();
     admin
         .disable_user(keel_proto::auth::DisableUserRequest {
             tenant_id: "acme".into(),
@@ -684,5 +680,83 @@ async fn failed_logins_are_limited_per_source_address_too() {
             "spoof={spoof}"
         );
     }
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_apis_admit_the_operator_and_tenant_admins_for_their_own_tenant_only() {
+    use keel_proto::auth as apb;
+    let stack = TestStack::start().await.unwrap();
+    stack.create_tenant("acme").await.unwrap();
+    stack.create_tenant("globex").await.unwrap();
+    stack.create_user("acme", "boss", &["admin"]).await.unwrap();
+    stack
+        .create_user("acme", "pleb", &["member"])
+        .await
+        .unwrap();
+    let (boss, _) = stack.login("acme", "boss").await.unwrap();
+    let (pleb, _) = stack.login("acme", "pleb").await.unwrap();
+    let channel = keel_tests::connect(&stack.auth_url()).await.unwrap();
+    let user = |tenant: &str, name: &str| apb::CreateUserRequest {
+        tenant_id: tenant.into(),
+        username: name.into(),
+        password: keel_tests::TEST_PASSWORD.into(),
+        roles: vec!["member".into()],
+    };
+    let tenant = |id: &str| apb::CreateTenantRequest {
+        tenant_id: id.into(),
+        display_name: id.into(),
+        tier: "free".into(),
+    };
+
+    // No credential, or a wrong one: UNAUTHENTICATED.
+    let mut anon = apb::identity_admin_client::IdentityAdminClient::new(channel.clone());
+    let st = anon.create_user(user("acme", "x1")).await.unwrap_err();
+    assert_eq!(st.code(), Code::Unauthenticated);
+    let mut dir = apb::tenant_directory_client::TenantDirectoryClient::with_interceptor(
+        channel.clone(),
+        keel_tests::bearer("not-the-operator-token-but-long-enough-0123456789"),
+    );
+    let st = dir.create_tenant(tenant("evil")).await.unwrap_err();
+    assert_eq!(st.code(), Code::Unauthenticated);
+
+    // A member of the tenant: PERMISSION_DENIED.
+    let mut as_pleb = apb::identity_admin_client::IdentityAdminClient::with_interceptor(
+        channel.clone(),
+        keel_tests::bearer(&pleb),
+    );
+    let st = as_pleb.create_user(user("acme", "x2")).await.unwrap_err();
+    assert_eq!(st.code(), Code::PermissionDenied);
+
+    // The tenant's admin: their own tenant yes, another tenant or the directory no.
+    let mut as_boss = apb::identity_admin_client::IdentityAdminClient::with_interceptor(
+        channel.clone(),
+        keel_tests::bearer(&boss),
+    );
+    as_boss.create_user(user("acme", "x3")).await.unwrap();
+    let st = as_boss.create_user(user("globex", "x4")).await.unwrap_err();
+    assert_eq!(st.code(), Code::PermissionDenied);
+    let mut boss_dir = apb::tenant_directory_client::TenantDirectoryClient::with_interceptor(
+        channel.clone(),
+        keel_tests::bearer(&boss),
+    );
+    let st = boss_dir.create_tenant(tenant("mine")).await.unwrap_err();
+    assert_eq!(st.code(), Code::PermissionDenied);
+
+    // The operator may do everything.
+    stack
+        .directory()
+        .await
+        .unwrap()
+        .create_tenant(tenant("initech"))
+        .await
+        .unwrap();
+    stack
+        .admin()
+        .await
+        .unwrap()
+        .create_user(user("globex", "x5"))
+        .await
+        .unwrap();
     stack.shutdown().await;
 }

@@ -262,9 +262,7 @@ async fn internal_hops_require_well_formed_tenant_metadata() {
         );
     }
     // The tenant directory refuses malformed and unknown tenants precisely.
-    let mut dir = keel_proto::auth::tenant_directory_client::TenantDirectoryClient::new(
-        connect(&stack.auth_url()).await.unwrap(),
-    );
+    let mut dir = stack.directory().await.unwrap();
     let st = dir
         .get_tenant(keel_proto::auth::GetTenantRequest {
             tenant_id: "NOPE".into(),

@@ -728,9 +728,7 @@ async fn service_clients_get_scoped_tokens_introspection_needs_a_client_and_disa
     }
 
     // Disabling the client kills its tokens everywhere within seconds.
-    let mut admin = keel_proto::auth::identity_admin_client::IdentityAdminClient::new(
-        keel_tests::connect(&stack.auth_url()).await.unwrap(),
-    );
+    let mut admin = stack.admin().await.unwrap();
     admin
         .disable_client(keel_proto::auth::DisableClientRequest {
             tenant_id: "acme".into(),
@@ -768,9 +766,7 @@ async fn unsafe_client_registrations_are_refused_with_the_reason() {
         assert_eq!(st.code(), tonic::Code::InvalidArgument, "{uri} {grants:?}");
     }
     // Applying the same registration twice changes nothing.
-    let mut admin = keel_proto::auth::identity_admin_client::IdentityAdminClient::new(
-        keel_tests::connect(&stack.auth_url()).await.unwrap(),
-    );
+    let mut admin = stack.admin().await.unwrap();
     let put = |c| keel_proto::auth::PutClientRequest {
         client: Some(c),
         rotate_secret: false,

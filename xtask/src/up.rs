@@ -134,6 +134,8 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
         setting("KEEL_INFERENCE_GRPC_ADDR", "127.0.0.1:50053")
     );
     let master_key = persistent_secret(&keel_dir.join("master.key"))?;
+    // The operator's bootstrap credential for the admin APIs (keelctl reads the same file).
+    let admin_token = persistent_secret(&keel_dir.join("admin.token"))?;
     let mut children: Vec<(&'static str, Child)> = Vec::new();
     let result = (|| -> Result<()> {
         for svc in &SERVICES {
@@ -148,6 +150,7 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
                 .env("KEEL_AUTH_URL", &auth_url)
                 .env("KEEL_INFERENCE_URL", &inference_url)
                 .env("KEEL_AUTH_MASTER_KEY", &master_key)
+                .env("KEEL_AUTH_ADMIN_TOKEN", &admin_token)
                 .stdin(Stdio::null())
                 .stdout(out.try_clone()?)
                 .stderr(out)
@@ -195,13 +198,15 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
 keel is up ({secs:.1}s).
 
   gateway   gRPC {gateway_url}   admin http://{gw_admin}  (/livez /readyz /metrics)
-  auth      gRPC {auth_url}   JWKS http://127.0.0.1:8081/t/{DEMO_TENANT}/jwks.json   admin http://{auth_admin}
+  auth      gRPC {auth_url}   admin http://{auth_admin}
+            OIDC issuer http://127.0.0.1:8081/t/{DEMO_TENANT} (/.well-known/openid-configuration)
   inference gRPC {inference_url}   admin http://{inf_admin}
   postproc  admin http://{pp_admin}
   postgres  {pg} (databases {dbs})   redis {redis}   nats {nats}
   logs      {logs}/<service>.log (JSON lines)
 
   demo tenant `{DEMO_TENANT}`, user `{DEMO_USER}` (admin), logged in: tokens in {demo}
+  operator credential for the admin APIs (keelctl tenant/user): {keel_dir}/admin.token
 
   first call:
     target/debug/keelctl doc list
@@ -219,6 +224,7 @@ Ctrl-C stops everything.",
         nats = stack.nats_url(),
         logs = logs.display(),
         demo = keel_dir.join("demo.json").display(),
+        keel_dir = keel_dir.display(),
         gw_addr = gateway_url.trim_start_matches("http://"),
     );
     let code = watch(&mut children, &stop);
@@ -289,7 +295,9 @@ fn base64(bytes: &[u8]) -> String {
 }
 
 fn keelctl(bin: &Path, args: &[&str], stdin: Option<&str>) -> Result<std::process::Output> {
+    // keelctl finds the operator credential and demo tokens under the checkout's .keel/.
     let mut child = Command::new(bin)
+        .current_dir(crate::workspace_root())
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

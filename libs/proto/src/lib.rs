@@ -33,6 +33,33 @@ pub mod keel {
 
 pub use keel::{auth::v1 as auth, events::v1 as events, inference::v1 as inference, v1 as public};
 
+/// Client-side helpers for calling keel's services.
+pub mod client {
+    use tonic::metadata::{Ascii, MetadataValue};
+
+    /// An interceptor that sends `authorization: Bearer <credential>` on every call (access
+    /// tokens, or the operator's admin credential).
+    #[derive(Clone)]
+    pub struct Bearer(MetadataValue<Ascii>);
+
+    impl Bearer {
+        /// `None` when the credential cannot be a header value.
+        pub fn new(credential: &str) -> Option<Bearer> {
+            format!("Bearer {credential}").parse().ok().map(Bearer)
+        }
+    }
+
+    impl tonic::service::Interceptor for Bearer {
+        fn call(
+            &mut self,
+            mut req: tonic::Request<()>,
+        ) -> Result<tonic::Request<()>, tonic::Status> {
+            req.metadata_mut().insert("authorization", self.0.clone());
+            Ok(req)
+        }
+    }
+}
+
 /// Converts a UTC timestamp in microseconds since the epoch to the protobuf well-known type.
 pub fn timestamp_from_micros(micros: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {

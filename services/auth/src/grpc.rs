@@ -1,6 +1,7 @@
 //! The gRPC edge of the auth service: the tenant directory, authentication, the key directory
 //! and the operators' identity admin.
 
+use crate::admin::AdminGuard;
 use crate::clients::{Client, ClientSpec, client_sid};
 use keel_proto::auth as pb;
 use keel_proto::public;
@@ -13,11 +14,12 @@ use crate::tenants::{Directory, Tenant, parse_tenant_id};
 
 pub struct TenantDirectoryService {
     dir: Directory,
+    guard: AdminGuard,
 }
 
 impl TenantDirectoryService {
-    pub fn new(dir: Directory) -> Self {
-        TenantDirectoryService { dir }
+    pub fn new(dir: Directory, guard: AdminGuard) -> Self {
+        TenantDirectoryService { dir, guard }
     }
 }
 
@@ -49,6 +51,7 @@ impl pb::tenant_directory_server::TenantDirectory for TenantDirectoryService {
         &self,
         req: Request<pb::CreateTenantRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
+        self.guard.check(req.metadata(), None).await?;
         let r = req.into_inner();
         let id = parse_tenant_id(&r.tenant_id)?;
         Ok(Response::new(to_pb(
@@ -60,6 +63,7 @@ impl pb::tenant_directory_server::TenantDirectory for TenantDirectoryService {
         &self,
         req: Request<pb::ListTenantsRequest>,
     ) -> Result<Response<pb::ListTenantsResponse>, Status> {
+        self.guard.check(req.metadata(), None).await?;
         let r = req.into_inner();
         let (tenants, next) = self.dir.list(r.page_size, &r.page_token).await?;
         Ok(Response::new(pb::ListTenantsResponse {
@@ -281,11 +285,23 @@ fn user_pb(
 
 pub struct IdentityAdminService {
     identity: Identity,
+    guard: AdminGuard,
 }
 
 impl IdentityAdminService {
-    pub fn new(identity: Identity) -> Self {
-        IdentityAdminService { identity }
+    pub fn new(identity: Identity, guard: AdminGuard) -> Self {
+        IdentityAdminService { identity, guard }
+    }
+
+    /// The tenant a request names, once its caller may administer it.
+    async fn admit(
+        &self,
+        meta: &tonic::metadata::MetadataMap,
+        tenant: &str,
+    ) -> Result<TenantId, Status> {
+        let tenant = parse_tenant_id(tenant)?;
+        self.guard.check(meta, Some(&tenant)).await?;
+        Ok(tenant)
     }
 }
 
@@ -295,8 +311,8 @@ impl pb::identity_admin_server::IdentityAdmin for IdentityAdminService {
         &self,
         req: Request<pb::CreateUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
+        let tenant = self.admit(req.metadata(), &req.get_ref().tenant_id).await?;
         let r = req.into_inner();
-        let tenant: TenantId = parse_tenant_id(&r.tenant_id)?;
         let (id, roles, created) = self
             .identity
             .create_user(&tenant, &r.username, r.password, r.roles)
@@ -310,8 +326,8 @@ impl pb::identity_admin_server::IdentityAdmin for IdentityAdminService {
         &self,
         req: Request<pb::DisableUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
+        let tenant = self.admit(req.metadata(), &req.get_ref().tenant_id).await?;
         let r = req.into_inner();
-        let tenant = parse_tenant_id(&r.tenant_id)?;
         let (id, roles, created) = self.identity.disable_user(&tenant, &r.username).await?;
         Ok(Response::new(user_pb(
             &tenant, id, r.username, roles, created,
@@ -322,8 +338,8 @@ impl pb::identity_admin_server::IdentityAdmin for IdentityAdminService {
         &self,
         req: Request<pb::RotateSigningKeyRequest>,
     ) -> Result<Response<pb::VerificationKey>, Status> {
+        let tenant = self.admit(req.metadata(), &req.get_ref().tenant_id).await?;
         let r = req.into_inner();
-        let tenant = parse_tenant_id(&r.tenant_id)?;
         self.identity.tenants.get(&tenant).await?;
         let rec = self
             .identity
@@ -338,6 +354,9 @@ impl pb::identity_admin_server::IdentityAdmin for IdentityAdminService {
         req: Request<pb::RevokeSigningKeyRequest>,
     ) -> Result<Response<pb::VerificationKey>, Status> {
         let kid = &req.get_ref().kid;
+        // The key's tenant decides who may revoke it; unknown keys are the operator's concern.
+        let owner = self.identity.keys.record(kid).await?.map(|k| k.tenant);
+        self.guard.check(req.metadata(), owner.as_ref()).await?;
         let rec = self
             .identity
             .keys
@@ -351,11 +370,17 @@ impl pb::identity_admin_server::IdentityAdmin for IdentityAdminService {
         &self,
         req: Request<pb::PutClientRequest>,
     ) -> Result<Response<pb::PutClientResponse>, Status> {
+        let tenant_raw = req
+            .get_ref()
+            .client
+            .as_ref()
+            .map(|c| c.tenant_id.clone())
+            .unwrap_or_default();
+        let tenant = self.admit(req.metadata(), &tenant_raw).await?;
         let r = req.into_inner();
         let c = r
             .client
             .ok_or_else(|| Status::from(crate::identity::invalid("client", "is required")))?;
-        let tenant = parse_tenant_id(&c.tenant_id)?;
         self.identity.tenants.get(&tenant).await?;
         let spec = ClientSpec {
             client_id: c.client_id,
@@ -381,7 +406,7 @@ impl pb::identity_admin_server::IdentityAdmin for IdentityAdminService {
         &self,
         req: Request<pb::ListClientsRequest>,
     ) -> Result<Response<pb::ListClientsResponse>, Status> {
-        let tenant = parse_tenant_id(&req.get_ref().tenant_id)?;
+        let tenant = self.admit(req.metadata(), &req.get_ref().tenant_id).await?;
         let clients = self.identity.clients.list(&tenant).await?;
         Ok(Response::new(pb::ListClientsResponse {
             clients: clients.into_iter().map(client_pb).collect(),
@@ -392,8 +417,8 @@ impl pb::identity_admin_server::IdentityAdmin for IdentityAdminService {
         &self,
         req: Request<pb::DisableClientRequest>,
     ) -> Result<Response<pb::OAuthClient>, Status> {
+        let tenant = self.admit(req.metadata(), &req.get_ref().tenant_id).await?;
         let r = req.into_inner();
-        let tenant = parse_tenant_id(&r.tenant_id)?;
         let client = self.identity.clients.disable(&tenant, &r.client_id).await?;
         // Its client-credentials tokens die with it, at the gateway too.
         self.identity

@@ -62,6 +62,9 @@ pub enum Error {
     InvalidClient,
     #[error("no client {0}")]
     UnknownClient(String),
+    /// Authenticated, but not allowed to do this.
+    #[error("{0}")]
+    Forbidden(&'static str),
     #[error("stored data is corrupt: {0}")]
     Corrupt(&'static str),
     #[error("revocation store unavailable: {0}")]
@@ -89,6 +92,7 @@ impl KeelError for Error {
                 Reason::Unauthenticated
             }
             Error::UnknownClient(_) => Reason::NotFound,
+            Error::Forbidden(_) => Reason::PermissionDenied,
             Error::UserExists(_) => Reason::IdempotencyKeyReused,
             Error::Corrupt(_) => Reason::Internal,
             Error::Redis(_) => Reason::Unavailable,
@@ -149,6 +153,7 @@ pub fn scopes_for(roles: &[String]) -> String {
     ];
     if roles.iter().any(|r| r == "admin") {
         s.push("models:export");
+        s.push(crate::admin::TENANT_ADMIN_SCOPE);
     }
     s.join(" ")
 }

@@ -6,6 +6,7 @@
 //!   refresh-token families with reuse detection, revocation pushed to the gateway via Redis.
 //! * [`grpc`] — `TenantDirectory`, `Authentication`, `KeyDirectory`, `IdentityAdmin`.
 
+pub mod admin;
 pub mod audit;
 pub mod clients;
 pub mod codes;
@@ -52,6 +53,8 @@ pub struct Config {
     pub lifetimes: identity::Lifetimes,
     /// Password hashes computed at once (the rest wait).
     pub hash_concurrency: usize,
+    /// The operator's bootstrap credential for the admin APIs (`None`: no operator access).
+    pub admin_token: Option<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -94,7 +97,21 @@ impl Config {
                 problem: format!("must be between 30s and {}s", keel_token::MAX_LIFETIME_SECS),
             });
         }
+        let admin_token: Option<String> = env.optional("KEEL_AUTH_ADMIN_TOKEN")?;
+        if let Some(t) = &admin_token
+            && t.chars().count() < admin::MIN_ADMIN_TOKEN_CHARS
+        {
+            return Err(ConfigError::Invalid {
+                key: "KEEL_AUTH_ADMIN_TOKEN".into(),
+                shown: "<redacted>".into(),
+                problem: format!(
+                    "must be at least {} characters of randomness",
+                    admin::MIN_ADMIN_TOKEN_CHARS
+                ),
+            });
+        }
         Ok(Config {
+            admin_token,
             host: HostConfig::from_env(env, "KEEL_AUTH", DEFAULT_GRPC_PORT, DEFAULT_ADMIN_PORT)?,
             http_addr: env.addr(
                 "KEEL_AUTH_HTTP_ADDR",
@@ -166,9 +183,10 @@ pub async fn start_with_clock(cfg: Config, clock: Arc<dyn Clock>) -> Result<Host
         redis_prefix: cfg.redis_prefix.clone(),
         clients: clients::Clients::new(shards.clone()),
     };
+    let guard = admin::AdminGuard::new(cfg.admin_token.as_deref(), identity.clone());
     let routes = tonic::service::Routes::new(
         keel_proto::auth::tenant_directory_server::TenantDirectoryServer::new(
-            grpc::TenantDirectoryService::new(dir),
+            grpc::TenantDirectoryService::new(dir, guard.clone()),
         ),
     )
     .add_service(
@@ -183,7 +201,7 @@ pub async fn start_with_clock(cfg: Config, clock: Arc<dyn Clock>) -> Result<Host
     )
     .add_service(
         keel_proto::auth::identity_admin_server::IdentityAdminServer::new(
-            grpc::IdentityAdminService::new(identity.clone()),
+            grpc::IdentityAdminService::new(identity.clone(), guard),
         ),
     );
     let identity_for_http = identity;
