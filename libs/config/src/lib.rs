@@ -186,12 +186,12 @@ fn check_url(key: &str, v: &str, schemes: &[&str]) -> Result<(), ConfigError> {
     }
 }
 
-/// Parses `250ms`, `5s`, `2m`, `1h` (a bare number is rejected: units are explicit).
+/// Parses `250ms`, `5s`, `2m`, `1h`, `7d` (a bare number is rejected: units are explicit).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
         .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{s:?} has no unit (use ms, s, m or h)"))?;
+        .ok_or_else(|| format!("{s:?} has no unit (use ms, s, m, h or d)"))?;
     let (num, unit) = s.split_at(split);
     let n: u64 = num
         .parse()
@@ -201,9 +201,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "d" => Duration::from_secs(n.saturating_mul(86_400)),
         _ => {
             return Err(format!(
-                "{s:?} has unknown unit {unit:?} (use ms, s, m or h)"
+                "{s:?} has unknown unit {unit:?} (use ms, s, m, h or d)"
             ));
         }
     };
@@ -221,7 +222,8 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("s").is_err());
-        assert!(parse_duration("5d").is_err());
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(parse_duration("5w").is_err());
         assert!(parse_duration("").is_err());
     }
 
