@@ -12,12 +12,9 @@ use subtle::ConstantTimeEq;
 
 use crate::identity::{Error, hash_token, invalid, random_token};
 
-pub const GRANT_CODE: &str = "authorization_code";
-pub const GRANT_REFRESH: &str = "refresh_token";
-pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
-pub const GRANTS: &[&str] = &[GRANT_CODE, GRANT_REFRESH, GRANT_CLIENT_CREDENTIALS];
-/// More redirect URIs than this per client is a configuration mistake.
-pub const MAX_REDIRECT_URIS: usize = 20;
+pub use keel_authspec::client::{
+    ClientSpec, GRANT_CLIENT_CREDENTIALS, GRANT_CODE, GRANT_REFRESH, GRANTS, check as check_spec,
+};
 
 /// The `sid` of client-credentials tokens: `client.<client_id>`. Disabling the client revokes
 /// it like a session.
@@ -28,18 +25,6 @@ pub fn client_sid(client_id: &str) -> String {
 /// The client a client-credentials `sid` names (user sessions never contain a dot).
 pub fn client_of_sid(sid: &str) -> Option<&str> {
     sid.strip_prefix("client.")
-}
-
-/// What a client may do, as registered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientSpec {
-    pub client_id: String,
-    pub display_name: String,
-    pub confidential: bool,
-    pub redirect_uris: Vec<String>,
-    pub grant_types: Vec<String>,
-    /// Scopes a `client_credentials` token may carry.
-    pub scopes: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -53,62 +38,8 @@ pub struct Client {
 
 impl Client {
     pub fn allows(&self, grant: &str) -> bool {
-        self.spec.grant_types.iter().any(|g| g == grant)
+        self.spec.allows(grant)
     }
-}
-
-/// Why a client spec cannot be registered: (field, reason).
-pub fn check_spec(spec: &ClientSpec) -> Result<(), (&'static str, String)> {
-    if !keel_oauth::request::is_valid_client_id(&spec.client_id) {
-        return Err((
-            "client_id",
-            "must be 1 to 128 printable ASCII characters".into(),
-        ));
-    }
-    if spec.display_name.chars().count() > 200 {
-        return Err(("display_name", "must be at most 200 characters".into()));
-    }
-    if spec.grant_types.is_empty() {
-        return Err(("grant_types", "name at least one grant".into()));
-    }
-    if let Some(g) = spec
-        .grant_types
-        .iter()
-        .find(|g| !GRANTS.contains(&g.as_str()))
-    {
-        return Err((
-            "grant_types",
-            format!("{g:?} is not offered (authorization_code, refresh_token, client_credentials)"),
-        ));
-    }
-    let has = |g: &str| spec.grant_types.iter().any(|x| x == g);
-    if has(GRANT_CLIENT_CREDENTIALS) && !spec.confidential {
-        return Err((
-            "grant_types",
-            "client_credentials needs a confidential client (one with a secret)".into(),
-        ));
-    }
-    if has(GRANT_CODE) && spec.redirect_uris.is_empty() {
-        return Err((
-            "redirect_uris",
-            "the authorization_code grant needs at least one redirect URI".into(),
-        ));
-    }
-    if spec.redirect_uris.len() > MAX_REDIRECT_URIS {
-        return Err(("redirect_uris", format!("at most {MAX_REDIRECT_URIS}")));
-    }
-    for uri in &spec.redirect_uris {
-        keel_oauth::redirect::check_registrable(uri)
-            .map_err(|why| ("redirect_uris", format!("{uri:?}: {why}")))?;
-    }
-    if let Some(s) = spec
-        .scopes
-        .iter()
-        .find(|s| !keel_oauth::scope::is_valid_token(s))
-    {
-        return Err(("scopes", format!("{s:?} is not a valid scope")));
-    }
-    Ok(())
 }
 
 #[derive(Clone)]
@@ -255,41 +186,5 @@ impl Clients {
             (None, None) => Ok(client),
             _ => Err(Error::InvalidClient),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn spec() -> ClientSpec {
-        ClientSpec {
-            client_id: "web".into(),
-            display_name: "Web".into(),
-            confidential: false,
-            redirect_uris: vec!["https://app.example.com/cb".into()],
-            grant_types: vec![GRANT_CODE.into(), GRANT_REFRESH.into()],
-            scopes: vec![],
-        }
-    }
-
-    #[test]
-    fn unsafe_client_specs_are_refused() {
-        assert!(check_spec(&spec()).is_ok());
-        let mut s = spec();
-        s.redirect_uris = vec!["https://*.example.com/cb".into()];
-        assert_eq!(check_spec(&s).unwrap_err().0, "redirect_uris");
-        let mut s = spec();
-        s.grant_types.push("password".into());
-        assert_eq!(check_spec(&s).unwrap_err().0, "grant_types");
-        let mut s = spec();
-        s.grant_types = vec![GRANT_CLIENT_CREDENTIALS.into()];
-        assert!(
-            check_spec(&s).is_err(),
-            "public clients get no client_credentials"
-        );
-        let mut s = spec();
-        s.redirect_uris.clear();
-        assert!(check_spec(&s).is_err());
     }
 }

@@ -99,6 +99,7 @@ impl Identity {
         if !tier.active {
             return Err(Error::InvalidGrant);
         }
+        let policy = self.policies.get(tenant).await?;
         let mut tx = self.shards.begin(tenant).await?;
         let row = sqlx::query(
             "UPDATE authorization_codes SET used_at = $3
@@ -173,6 +174,7 @@ impl Identity {
             .start_session_in(
                 &mut tx,
                 &key,
+                &policy,
                 &principal,
                 &client.spec.client_id,
                 (!scope.is_empty()).then_some(scope),
@@ -193,7 +195,7 @@ impl Identity {
                     sub: user_id.to_string(),
                     aud: client.spec.client_id.clone(),
                     azp: client.spec.client_id.clone(),
-                    exp: now + self.lifetimes.access_secs,
+                    exp: now + i64::from(policy.access_ttl_secs),
                     iat: now,
                     auth_time: principal.auth_time,
                     nonce,
@@ -228,12 +230,13 @@ impl Identity {
             auth_time: now,
             scope: scope.join(" "),
         };
-        let token = self.access_token(&key, tenant, t.tier.as_str(), &session, now);
+        let ttl = i64::from(self.policies.get(tenant).await?.access_ttl_secs);
+        let token = self.access_token(&key, tenant, t.tier.as_str(), &session, now, ttl);
         tracing::info!(tenant = %tenant, client_id = %client.spec.client_id, "client credentials token issued");
         Ok(Issued {
             access_token: token,
             refresh_token: String::new(),
-            expires_in: self.lifetimes.access_secs,
+            expires_in: ttl,
             scope: session.scope,
             sid: session.sid,
             mfa_token: None,
@@ -259,8 +262,9 @@ impl Identity {
         token: &str,
     ) -> Result<Option<RefreshInfo>, Error> {
         let now = self.clock.now();
+        let policy = self.policies.get(tenant).await?;
         let row = sqlx::query(
-            "SELECT f.client_id, f.user_id, f.sid, f.idle_expires, f.absolute_expires, s.scope, u.roles
+            "SELECT f.client_id, f.user_id, f.sid, f.idle_expires, f.absolute_expires, s.scope, s.acr, u.roles
              FROM refresh_tokens t
              JOIN refresh_families f ON f.tenant_id = t.tenant_id AND f.family_id = t.family_id
              JOIN sessions s ON s.tenant_id = f.tenant_id AND s.sid = f.sid
@@ -290,8 +294,9 @@ impl Identity {
             user_id: row.try_get("user_id")?,
             sid: row.try_get("sid")?,
             expires,
-            scope: crate::identity::effective_scope(
+            scope: policy.session_scope(
                 &row.try_get::<Vec<String>, _>("roles")?,
+                &row.try_get::<String, _>("acr")?,
                 row.try_get::<Option<String>, _>("scope")?.as_deref(),
             ),
         }))

@@ -3,6 +3,8 @@
 
 use crate::admin::AdminGuard;
 use crate::clients::{Client, ClientSpec, client_sid};
+use crate::policies::Policies;
+use keel_authspec::TenantPolicy;
 use keel_proto::auth as pb;
 use keel_proto::public;
 use keel_tenancy::TenantId;
@@ -15,11 +17,16 @@ use crate::tenants::{Directory, Tenant, parse_tenant_id};
 pub struct TenantDirectoryService {
     dir: Directory,
     guard: AdminGuard,
+    policies: Policies,
 }
 
 impl TenantDirectoryService {
-    pub fn new(dir: Directory, guard: AdminGuard) -> Self {
-        TenantDirectoryService { dir, guard }
+    pub fn new(dir: Directory, guard: AdminGuard, policies: Policies) -> Self {
+        TenantDirectoryService {
+            dir,
+            guard,
+            policies,
+        }
     }
 }
 
@@ -34,6 +41,57 @@ fn to_pb(t: Tenant) -> pb::Tenant {
         tier: t.tier.as_str().into(),
         status: if t.active { "active" } else { "suspended" }.into(),
         create_time: Some(timestamp(t.create_time)),
+        step_up: Vec::new(),
+    }
+}
+
+fn step_up_pb(policy: &TenantPolicy) -> Vec<pb::StepUpRule> {
+    policy
+        .step_up
+        .iter()
+        .map(|(scope, age)| pb::StepUpRule {
+            scope: scope.clone(),
+            max_age_seconds: *age,
+        })
+        .collect()
+}
+
+fn policy_pb(tenant: &TenantId, p: &TenantPolicy, is_default: bool) -> pb::TenantPolicy {
+    pb::TenantPolicy {
+        tenant_id: tenant.to_string(),
+        access_token_ttl_seconds: p.access_ttl_secs,
+        refresh_idle_ttl_seconds: p.refresh_idle_secs,
+        refresh_absolute_ttl_seconds: p.refresh_absolute_secs,
+        key_algorithm: p.key_algorithm.clone(),
+        key_rotation_period_seconds: p.rotation_period_secs,
+        mfa_required_roles: p.mfa_required_roles.clone(),
+        roles: p
+            .roles
+            .iter()
+            .map(|(role, scopes)| pb::RoleScopes {
+                role: role.clone(),
+                scopes: scopes.clone(),
+            })
+            .collect(),
+        step_up: step_up_pb(p),
+        is_default,
+    }
+}
+
+fn policy_from_pb(p: pb::TenantPolicy) -> TenantPolicy {
+    TenantPolicy {
+        access_ttl_secs: p.access_token_ttl_seconds,
+        refresh_idle_secs: p.refresh_idle_ttl_seconds,
+        refresh_absolute_secs: p.refresh_absolute_ttl_seconds,
+        key_algorithm: p.key_algorithm,
+        rotation_period_secs: p.key_rotation_period_seconds,
+        mfa_required_roles: p.mfa_required_roles,
+        roles: p.roles.into_iter().map(|r| (r.role, r.scopes)).collect(),
+        step_up: p
+            .step_up
+            .into_iter()
+            .map(|r| (r.scope, r.max_age_seconds))
+            .collect(),
     }
 }
 
@@ -44,7 +102,57 @@ impl pb::tenant_directory_server::TenantDirectory for TenantDirectoryService {
         req: Request<pb::GetTenantRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
         let id = parse_tenant_id(&req.get_ref().tenant_id)?;
-        Ok(Response::new(to_pb(self.dir.get(&id).await?)))
+        let tenant = self.dir.get(&id).await?;
+        let policy = self.policies.get(&id).await?;
+        let mut t = to_pb(tenant);
+        t.step_up = step_up_pb(&policy);
+        Ok(Response::new(t))
+    }
+
+    async fn update_tenant(
+        &self,
+        req: Request<pb::UpdateTenantRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        // The tier is the contract: the operator's to change.
+        self.guard.check(req.metadata(), None).await?;
+        let r = req.into_inner();
+        let id = parse_tenant_id(&r.tenant_id)?;
+        let nonempty = |s: &str| (!s.is_empty()).then_some(s.to_owned());
+        let t = self
+            .dir
+            .update(
+                &id,
+                nonempty(&r.display_name).as_deref(),
+                nonempty(&r.tier).as_deref(),
+            )
+            .await?;
+        Ok(Response::new(to_pb(t)))
+    }
+
+    async fn get_tenant_policy(
+        &self,
+        req: Request<pb::GetTenantPolicyRequest>,
+    ) -> Result<Response<pb::TenantPolicy>, Status> {
+        let id = parse_tenant_id(&req.get_ref().tenant_id)?;
+        self.guard.check(req.metadata(), Some(&id)).await?;
+        self.dir.get(&id).await?;
+        let (p, is_default) = self.policies.get_with_origin(&id).await?;
+        Ok(Response::new(policy_pb(&id, &p, is_default)))
+    }
+
+    async fn put_tenant_policy(
+        &self,
+        req: Request<pb::TenantPolicy>,
+    ) -> Result<Response<pb::PutTenantPolicyResponse>, Status> {
+        let id = parse_tenant_id(&req.get_ref().tenant_id)?;
+        self.guard.check(req.metadata(), Some(&id)).await?;
+        self.dir.get(&id).await?;
+        let policy = policy_from_pb(req.into_inner());
+        let changed = self.policies.put(&id, &policy).await?;
+        Ok(Response::new(pb::PutTenantPolicyResponse {
+            policy: Some(policy_pb(&id, &policy, false)),
+            changed,
+        }))
     }
 
     async fn create_tenant(

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
+use keel_authspec::TenantPolicy;
 use keel_errors::{KeelError, Reason};
 use keel_store::{Shards, StoreError};
 use keel_tenancy::TenantId;
@@ -141,46 +142,9 @@ pub(crate) fn hash_token(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
-/// Scopes granted by roles.
-pub fn scopes_for(roles: &[String]) -> String {
-    let mut s: Vec<&str> = vec![
-        "account",
-        "documents:read",
-        "documents:write",
-        "inference",
-        "models:read",
-        "usage:read",
-    ];
-    if roles.iter().any(|r| r == "admin") {
-        s.push("models:export");
-        s.push(crate::admin::TENANT_ADMIN_SCOPE);
-    }
-    s.join(" ")
-}
+pub use keel_authspec::policy::OIDC_SCOPES;
 
-pub const ROLES: &[&str] = &["admin", "member"];
-
-/// OpenID Connect scopes any user may be granted on top of what their roles allow.
-pub const OIDC_SCOPES: &[&str] = &["openid", "profile", "offline_access"];
-
-/// The scope a session's tokens carry now: what was granted (or, for first-party logins, all
-/// the roles allow), narrowed to what the user's *current* roles allow, so a demotion takes
-/// effect at the next refresh.
-pub fn effective_scope(roles: &[String], granted: Option<&str>) -> String {
-    let allowed = scopes_for(roles);
-    match granted {
-        None => allowed,
-        Some(g) => g
-            .split(' ')
-            .filter(|s| {
-                !s.is_empty() && (OIDC_SCOPES.contains(s) || allowed.split(' ').any(|a| a == *s))
-            })
-            .collect::<Vec<_>>()
-            .join(" "),
-    }
-}
-
-/// Token lifetimes.
+/// The deployment's default token lifetimes (tenants may set their own in their policy).
 #[derive(Debug, Clone)]
 pub struct Lifetimes {
     pub access_secs: i64,
@@ -216,7 +180,7 @@ pub struct Identity {
     pub clock: Arc<dyn Clock>,
     pub redis: deadpool_redis::Pool,
     pub issuer_base: String,
-    pub lifetimes: Lifetimes,
+    pub policies: crate::policies::Policies,
     pub sealer: crate::seal::Sealer,
     pub audit: crate::audit::Audit,
     pub redis_prefix: String,
@@ -273,10 +237,14 @@ impl Identity {
         } else {
             roles
         };
-        if let Some(r) = roles.iter().find(|r| !ROLES.contains(&r.as_str())) {
+        let policy = self.policies.get(tenant).await?;
+        if let Some(r) = roles.iter().find(|r| !policy.roles.contains_key(*r)) {
             return Err(invalid(
                 "roles",
-                format!("unknown role {r:?}; use admin or member"),
+                format!(
+                    "unknown role {r:?}; this tenant defines {}",
+                    policy.roles.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
             ));
         }
         self.tenants.get(tenant).await?;
@@ -502,9 +470,10 @@ impl Identity {
         scope: Option<String>,
     ) -> Result<Issued, Error> {
         let key = self.keys.signing_key(&p.tenant).await?;
+        let policy = self.policies.get(&p.tenant).await?;
         let mut tx = self.shards.begin(&p.tenant).await?;
         let issued = self
-            .start_session_in(&mut tx, &key, p, client_id, scope)
+            .start_session_in(&mut tx, &key, &policy, p, client_id, scope)
             .await?;
         tx.commit().await?;
         self.audit.wake();
@@ -518,6 +487,7 @@ impl Identity {
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
         key: &keel_token::SigningKey,
+        policy: &TenantPolicy,
         p: &Principal,
         client_id: &str,
         scope: Option<String>,
@@ -530,7 +500,7 @@ impl Identity {
             acr: p.acr.clone(),
             amr: p.amr.clone(),
             auth_time: p.auth_time,
-            scope: effective_scope(&p.roles, scope.as_deref()),
+            scope: policy.session_scope(&p.roles, &p.acr, scope.as_deref()),
         };
         let now = self.clock.now();
         sqlx::query(
@@ -556,12 +526,13 @@ impl Identity {
         .bind(&session.sid)
         .bind(p.user_id)
         .bind(client_id)
-        .bind(ts(now + self.lifetimes.refresh_idle_secs.min(self.lifetimes.refresh_absolute_secs)))
-        .bind(ts(now + self.lifetimes.refresh_absolute_secs))
+        .bind(ts(now + i64::from(policy.refresh_idle_secs.min(policy.refresh_absolute_secs))))
+        .bind(ts(now + i64::from(policy.refresh_absolute_secs)))
         .execute(&mut **tx)
         .await?;
         let refresh = self.new_refresh_token(tx, tenant, family, 0).await?;
-        let access = self.access_token(key, tenant, &p.tier, &session, now);
+        let ttl = i64::from(policy.access_ttl_secs);
+        let access = self.access_token(key, tenant, &p.tier, &session, now, ttl);
         self.audit
             .record(
                 tx,
@@ -579,7 +550,7 @@ impl Identity {
         Ok(Issued {
             access_token: access,
             refresh_token: refresh,
-            expires_in: self.lifetimes.access_secs,
+            expires_in: ttl,
             scope: session.scope,
             sid: session.sid,
             mfa_token: None,
@@ -616,6 +587,7 @@ impl Identity {
         tier: &str,
         s: &SessionInfo,
         now: i64,
+        ttl: i64,
     ) -> String {
         let claims = AccessClaims {
             iss: keel_token::issuer(&self.issuer_base, tenant),
@@ -627,7 +599,7 @@ impl Identity {
             aud: keel_token::audience(tenant),
             client_id: s.client_id.clone(),
             iat: now,
-            exp: now + self.lifetimes.access_secs,
+            exp: now + ttl,
             nbf: None,
             jti: Uuid::new_v4().to_string(),
             scope: s.scope.clone(),
@@ -670,6 +642,7 @@ impl Identity {
         let key = self.keys.signing_key(&tenant).await?;
         let tenant_record = self.tenants.get(&tenant).await?;
         let tier = tenant_record.tier.as_str();
+        let policy = self.policies.get(&tenant).await?;
         let mut tx = self.shards.begin(&tenant).await?;
         let used = sqlx::query(
             "UPDATE refresh_tokens SET state = 'used', used_at = $3
@@ -769,7 +742,7 @@ impl Identity {
         .bind(tenant.as_str())
         .bind(family)
         .bind(generation + 1)
-        .bind(ts(now + self.lifetimes.refresh_idle_secs))
+        .bind(ts(now + i64::from(policy.refresh_idle_secs)))
         .execute(&mut *tx)
         .await?;
         let session = SessionInfo {
@@ -779,17 +752,19 @@ impl Identity {
             acr: fam.try_get("acr")?,
             amr: fam.try_get("amr")?,
             auth_time: fam.try_get::<DateTime<Utc>, _>("auth_time")?.timestamp(),
-            scope: effective_scope(
+            scope: policy.session_scope(
                 &fam.try_get::<Vec<String>, _>("roles")?,
+                &fam.try_get::<String, _>("acr")?,
                 fam.try_get::<Option<String>, _>("scope")?.as_deref(),
             ),
         };
-        let access = self.access_token(&key, &tenant, tier, &session, now);
+        let ttl = i64::from(policy.access_ttl_secs);
+        let access = self.access_token(&key, &tenant, tier, &session, now, ttl);
         tx.commit().await?;
         Ok(Issued {
             access_token: access,
             refresh_token: next,
-            expires_in: self.lifetimes.access_secs,
+            expires_in: ttl,
             scope: session.scope,
             sid: session.sid,
             mfa_token: None,
@@ -895,7 +870,8 @@ impl Identity {
             .get()
             .await
             .map_err(|e| Error::Redis(e.to_string()))?;
-        let ttl = self.lifetimes.access_secs + 2 * keel_token::LEEWAY_SECS;
+        // As long as any tenant's access tokens may live.
+        let ttl = keel_token::MAX_LIFETIME_SECS + 2 * keel_token::LEEWAY_SECS;
         redis::cmd("SET")
             .arg(self.redis_key(tenant, "revoked", sid))
             .arg(1)
@@ -932,12 +908,5 @@ mod tests {
                 "{bad:?}"
             );
         }
-    }
-
-    #[test]
-    fn admins_alone_may_export_models() {
-        assert!(scopes_for(&["admin".into()]).contains("models:export"));
-        assert!(!scopes_for(&["member".into()]).contains("models:export"));
-        assert!(scopes_for(&[]).contains("documents:read"));
     }
 }

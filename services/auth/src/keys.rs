@@ -17,6 +17,10 @@ use crate::seal::Sealer;
 /// How long an active key stays cached in memory before the database is asked again; a
 /// rotation takes effect for signing within this time.
 const ACTIVE_KEY_CACHE_SECS: i64 = 5;
+/// Scheduled rotations publish the new key this long before it signs: the JWKS cache lifetime
+/// we announce, so every cache has seen it first (auth.md: Hydra and ZITADEL broke clients by
+/// signing with keys caches did not have).
+pub const PUBLISH_AHEAD_SECS: i64 = crate::oidc::JWKS_MAX_AGE_SECS as i64;
 /// How long a retired key keeps verifying: the longest token lifetime plus clock skew.
 pub const RETENTION_SECS: i64 = keel_token::MAX_LIFETIME_SECS + 2 * keel_token::LEEWAY_SECS;
 
@@ -213,6 +217,50 @@ impl KeyStore {
                 {
                     n += 1;
                 }
+            }
+        }
+        Ok(n)
+    }
+
+    /// The rotation schedule: every tenant whose active key is older than its rotation period
+    /// (from its policy, or `default_period`) and has no key waiting gets a new pending key,
+    /// published [`PUBLISH_AHEAD_SECS`] before it signs. Replicas serialise on an advisory
+    /// lock per tenant, so one rotation is scheduled, not one per replica.
+    pub async fn rotate_aged(&self, default_period: i64) -> Result<usize, Error> {
+        let now = self.clock.now();
+        let mut n = 0;
+        for pool in self.shards.pools() {
+            let due: Vec<String> = sqlx::query_scalar(
+                "SELECT a.tenant_id FROM signing_keys a
+                 LEFT JOIN tenant_policies p ON p.tenant_id = a.tenant_id
+                 WHERE a.state = 'active'
+                   AND a.valid_from <= $1 - make_interval(secs => COALESCE((p.policy->>'rotation_period_secs')::double precision, $2))
+                   AND NOT EXISTS (SELECT 1 FROM signing_keys k WHERE k.tenant_id = a.tenant_id AND k.state = 'pending')",
+            )
+            .bind(ts(now))
+            .bind(default_period as f64)
+            .fetch_all(pool)
+            .await?;
+            for t in due {
+                let Ok(tenant) = TenantId::parse(&t) else {
+                    continue;
+                };
+                let mut tx = self.shards.begin(&tenant).await?;
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtext('keel-key-rotation:' || $1))")
+                    .bind(tenant.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                let pending: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM signing_keys WHERE tenant_id = $1 AND state = 'pending')",
+                )
+                .bind(tenant.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+                if !pending {
+                    self.rotate(&tenant, PUBLISH_AHEAD_SECS).await?;
+                    n += 1;
+                }
+                tx.commit().await?;
             }
         }
         Ok(n)

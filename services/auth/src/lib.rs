@@ -16,6 +16,7 @@ pub mod keys;
 pub mod mfa;
 pub mod oidc;
 pub mod passwords;
+pub mod policies;
 pub mod seal;
 pub mod tenants;
 pub mod totp;
@@ -140,6 +141,20 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The policy of tenants that never applied their own: the built-in one, with this
+    /// deployment's token lifetimes.
+    pub fn default_policy(&self) -> keel_authspec::TenantPolicy {
+        let secs = |s: i64| u32::try_from(s).unwrap_or(u32::MAX);
+        keel_authspec::TenantPolicy {
+            access_ttl_secs: secs(self.lifetimes.access_secs),
+            refresh_idle_secs: secs(self.lifetimes.refresh_idle_secs),
+            refresh_absolute_secs: secs(self.lifetimes.refresh_absolute_secs),
+            ..keel_authspec::TenantPolicy::default()
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
@@ -177,7 +192,7 @@ pub async fn start_with_clock(cfg: Config, clock: Arc<dyn Clock>) -> Result<Host
         clock,
         redis: redis.clone(),
         issuer_base: cfg.issuer_base.clone(),
-        lifetimes: cfg.lifetimes.clone(),
+        policies: policies::Policies::new(shards.clone(), cfg.default_policy()),
         sealer,
         audit: audit.clone(),
         redis_prefix: cfg.redis_prefix.clone(),
@@ -186,7 +201,7 @@ pub async fn start_with_clock(cfg: Config, clock: Arc<dyn Clock>) -> Result<Host
     let guard = admin::AdminGuard::new(cfg.admin_token.as_deref(), identity.clone());
     let routes = tonic::service::Routes::new(
         keel_proto::auth::tenant_directory_server::TenantDirectoryServer::new(
-            grpc::TenantDirectoryService::new(dir, guard.clone()),
+            grpc::TenantDirectoryService::new(dir, guard.clone(), identity.policies.clone()),
         ),
     )
     .add_service(
@@ -233,6 +248,7 @@ pub async fn start_with_clock(cfg: Config, clock: Arc<dyn Clock>) -> Result<Host
     .await?;
     let token = tasks.token();
     let rotation_shards = shards.clone();
+    let default_rotation = i64::from(cfg.default_policy().rotation_period_secs);
     tasks.spawn("key-rotation", async move {
         loop {
             tokio::select! {
@@ -244,6 +260,9 @@ pub async fn start_with_clock(cfg: Config, clock: Arc<dyn Clock>) -> Result<Host
             }
             if let Err(e) = keys.promote_all_due().await {
                 tracing::warn!(error = %e, "key rotation tick failed");
+            }
+            if let Err(e) = keys.rotate_aged(default_rotation).await {
+                tracing::warn!(error = %e, "key rotation schedule failed");
             }
         }
     });

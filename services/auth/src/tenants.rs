@@ -179,6 +179,45 @@ impl Directory {
         }
     }
 
+    /// Changes the display name and/or tier (`None`: unchanged).
+    pub async fn update(
+        &self,
+        id: &TenantId,
+        display_name: Option<&str>,
+        tier: Option<&str>,
+    ) -> Result<Tenant, Error> {
+        let tier = match tier {
+            Some(t) => Some(Tier::parse(t).ok_or_else(|| Error::InvalidArgument {
+                field: "tier",
+                problem: "must be free, pro or enterprise".into(),
+            })?),
+            None => None,
+        };
+        let name = display_name.map(str::trim);
+        if let Some(n) = name
+            && (n.is_empty()
+                || n.chars().count() > MAX_DISPLAY_NAME_CHARS
+                || n.chars().any(char::is_control))
+        {
+            return Err(Error::InvalidArgument {
+                field: "display_name",
+                problem: format!("must be 1 to {MAX_DISPLAY_NAME_CHARS} printable characters"),
+            });
+        }
+        let row = sqlx::query(
+            "UPDATE tenants SET display_name = COALESCE($2, display_name), tier = COALESCE($3, tier)
+             WHERE tenant_id = $1 RETURNING *",
+        )
+        .bind(id.as_str())
+        .bind(name)
+        .bind(tier.map(Tier::as_str))
+        .fetch_optional(self.shards.pool(id))
+        .await?
+        .ok_or_else(|| Error::Unknown(id.to_string()))?;
+        tracing::info!(tenant = %id, "tenant updated");
+        row_to_tenant(&row)
+    }
+
     /// Tenants in ID order across all shards.
     pub async fn list(
         &self,

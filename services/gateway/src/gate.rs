@@ -10,7 +10,7 @@
 //! scope must be granted, and high-risk routes need a recent MFA (RFC 9470 challenge otherwise).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use keel_errors::{Reason, reason_of, status};
@@ -39,14 +39,28 @@ const UNKNOWN_KID_TTL: Duration = Duration::from_secs(5);
 const KEY_FETCHES_PER_SECOND: u32 = 20;
 /// A session seen not revoked is trusted for this long before Redis is asked again.
 const SESSION_CHECK_TTL: Duration = Duration::from_millis(500);
-/// Model export needs an MFA no older than this (RFC 9470 `max_age`).
+/// Step-up methods need an MFA no older than this (RFC 9470 `max_age`) unless the tenant's
+/// policy sets its own.
 pub const STEP_UP_MAX_AGE_SECS: i64 = 300;
 
 #[derive(Clone, Debug)]
 enum Resolved {
-    Active,
+    /// With the tenant's step-up rules: scope → max age of the MFA, seconds.
+    Active(Arc<HashMap<String, i64>>),
     Suspended,
     Unknown,
+}
+
+/// How recent an MFA a call needing `scope` must carry: `None` when it needs no step-up.
+/// Routes marked step-up always need one (the tenant may only tighten the age); a tenant's
+/// policy may add step-up to other scopes.
+fn step_up_age(route_step_up: bool, scope: &str, rules: &HashMap<String, i64>) -> Option<i64> {
+    match (route_step_up, rules.get(scope)) {
+        (true, Some(age)) => Some((*age).min(STEP_UP_MAX_AGE_SECS)),
+        (true, None) => Some(STEP_UP_MAX_AGE_SECS),
+        (false, Some(age)) => Some(*age),
+        (false, None) => None,
+    }
 }
 
 struct KeyCache {
@@ -158,7 +172,13 @@ impl AuthGate {
         });
         Self::with_tenant(&mut req, t);
         let resolved = match self.directory.clone().get_tenant(req).await {
-            Ok(resp) if resp.get_ref().status == "active" => Resolved::Active,
+            Ok(resp) if resp.get_ref().status == "active" => Resolved::Active(Arc::new(
+                resp.get_ref()
+                    .step_up
+                    .iter()
+                    .map(|r| (r.scope.clone(), i64::from(r.max_age_seconds)))
+                    .collect(),
+            )),
             Ok(_) => Resolved::Suspended,
             Err(st) if reason_of(&st) == Reason::TenantUnknown => Resolved::Unknown,
             Err(st) => {
@@ -332,14 +352,14 @@ fn reject(e: &TokenError) -> tonic::Status {
 }
 
 /// RFC 9470 §3: the challenge for a call that needs a stronger or more recent authentication.
-fn step_up_challenge() -> tonic::Status {
+fn step_up_challenge(max_age: i64) -> tonic::Status {
     let mut st = status(
         Reason::Unauthenticated,
         "this call needs a recent multi-factor authentication (step-up)",
         vec![("scope", "acr=mfa".into())],
     );
     let challenge = format!(
-        "Bearer error=\"insufficient_user_authentication\", error_description=\"A recent multi-factor authentication is required\", acr_values=\"mfa\", max_age={STEP_UP_MAX_AGE_SECS}"
+        "Bearer error=\"insufficient_user_authentication\", error_description=\"A recent multi-factor authentication is required\", acr_values=\"mfa\", max_age={max_age}"
     );
     if let Ok(v) = tonic::metadata::MetadataValue::try_from(challenge) {
         st.metadata_mut().insert("www-authenticate", v);
@@ -368,8 +388,8 @@ impl Gate for AuthGate {
             };
             let verified = self.authenticate(headers).await?;
             let tenant = verified.tenant.clone();
-            match self.resolve(&tenant).await? {
-                Resolved::Active => {}
+            let step_up_rules = match self.resolve(&tenant).await? {
+                Resolved::Active(rules) => rules,
                 Resolved::Unknown => {
                     return Err(status(
                         Reason::TenantUnknown,
@@ -384,7 +404,7 @@ impl Gate for AuthGate {
                         vec![("tenant_id", tenant.to_string())],
                     ));
                 }
-            }
+            };
             if let Some(claimed) = headers.get(GRPC_TENANT_HEADER)
                 && claimed.as_bytes() != tenant.as_str().as_bytes()
             {
@@ -402,11 +422,10 @@ impl Gate for AuthGate {
                     vec![("scope", scope.into())],
                 ));
             }
-            if step_up
-                && (claims.acr != "mfa"
-                    || self.clock.now() - claims.auth_time > STEP_UP_MAX_AGE_SECS)
+            if let Some(max_age) = step_up_age(step_up, scope, &step_up_rules)
+                && (claims.acr != "mfa" || self.clock.now() - claims.auth_time > max_age)
             {
-                return Err(step_up_challenge());
+                return Err(step_up_challenge(max_age));
             }
             Ok(Some(Caller {
                 tenant,
@@ -414,5 +433,30 @@ impl Gate for AuthGate {
                 scopes: claims.scopes().map(str::to_owned).collect(),
             }))
         })
+    }
+}
+
+#[cfg(test)]
+mod step_up_tests {
+    use super::*;
+
+    #[test]
+    fn tenants_tighten_step_up_and_may_add_it_but_never_loosen_it() {
+        let rules: HashMap<String, i64> = HashMap::from([
+            ("models:export".into(), 60),
+            ("documents:write".into(), 900),
+        ]);
+        assert_eq!(step_up_age(true, "models:export", &rules), Some(60));
+        let loose: HashMap<String, i64> = HashMap::from([("models:export".into(), 3600)]);
+        assert_eq!(
+            step_up_age(true, "models:export", &loose),
+            Some(STEP_UP_MAX_AGE_SECS)
+        );
+        assert_eq!(
+            step_up_age(true, "models:export", &HashMap::new()),
+            Some(STEP_UP_MAX_AGE_SECS)
+        );
+        assert_eq!(step_up_age(false, "documents:write", &rules), Some(900));
+        assert_eq!(step_up_age(false, "documents:read", &rules), None);
     }
 }

@@ -30,7 +30,7 @@ use subtle::ConstantTimeEq;
 use super::tenant_of;
 use crate::clients::GRANT_CODE;
 use crate::codes::CodeRequest;
-use crate::identity::{Authenticated, Error, Identity, OIDC_SCOPES, Principal, scopes_for};
+use crate::identity::{Authenticated, Error, Identity, OIDC_SCOPES, Principal};
 
 /// How long a login page stays usable.
 pub const PENDING_TTL_SECS: i64 = 600;
@@ -325,7 +325,7 @@ fn unavailable_page(e: &dyn std::fmt::Display) -> Response {
 
 /// Every scope some role can grant, plus the OpenID Connect ones.
 fn known_scope(s: &str) -> bool {
-    OIDC_SCOPES.contains(&s) || scopes_for(&["admin".to_owned()]).split(' ').any(|k| k == s)
+    OIDC_SCOPES.contains(&s) || keel_authspec::policy::KNOWN_SCOPES.contains(&s)
 }
 
 pub async fn start(

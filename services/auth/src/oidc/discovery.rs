@@ -5,7 +5,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
 use super::{JWKS_MAX_AGE_SECS, no_such_issuer, tenant_of, unavailable};
-use crate::identity::{Identity, OIDC_SCOPES, scopes_for};
+use crate::identity::{Identity, OIDC_SCOPES};
 
 pub async fn jwks(State(id): State<Identity>, Path(tenant): Path<String>) -> Response {
     let Some(tenant) = tenant_of(&tenant) else {
@@ -50,9 +50,9 @@ pub async fn configuration(State(id): State<Identity>, Path(tenant): Path<String
     let iss = keel_token::issuer(&id.issuer_base, &tenant);
     let mut scopes: Vec<String> = OIDC_SCOPES.iter().map(|s| (*s).to_owned()).collect();
     scopes.extend(
-        scopes_for(&["admin".to_owned()])
-            .split(' ')
-            .map(str::to_owned),
+        keel_authspec::policy::KNOWN_SCOPES
+            .iter()
+            .map(|s| (*s).to_owned()),
     );
     (
         [(
