@@ -16,11 +16,14 @@ use crate::identity::{Error, invalid};
 /// How stale a replica's view of a policy may be.
 pub const POLICY_CACHE: Duration = Duration::from_secs(2);
 
+/// A cached policy: when it was read, the policy, and whether it is the default.
+type Cached = (Instant, Arc<TenantPolicy>, bool);
+
 #[derive(Clone)]
 pub struct Policies {
     shards: Shards,
     default: Arc<TenantPolicy>,
-    cache: Arc<Mutex<HashMap<TenantId, (Instant, Arc<TenantPolicy>, bool)>>>,
+    cache: Arc<Mutex<HashMap<TenantId, Cached>>>,
 }
 
 impl Policies {
