@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod authspec;
+
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use keel_proto::{auth as authpb, public as pb};
@@ -63,6 +65,9 @@ enum Cmd {
     /// Users (talks to the auth service directly: operators only).
     #[command(subcommand)]
     User(UserCmd),
+    /// A tenant's auth, declared in a spec file: plan, apply, generate client configuration.
+    #[command(subcommand)]
+    Auth(AuthCmd),
     /// Logs in through the gateway and prints the tokens as JSON.
     Login {
         #[arg(long)]
@@ -149,6 +154,25 @@ enum UserCmd {
         /// admin or member (repeatable).
         #[arg(long = "role")]
         roles: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuthCmd {
+    /// Validates FILE and shows what `apply` would change.
+    Plan { file: PathBuf },
+    /// Applies FILE (idempotent); prints new clients' secrets once.
+    Apply { file: PathBuf },
+    /// Writes each client's OIDC configuration and a Rust snippet (no server needed).
+    Generate {
+        file: PathBuf,
+        /// The deployment's issuer base URL (issuers are <base>/t/<tenant>).
+        #[arg(
+            long,
+            env = "KEEL_AUTH_ISSUER_BASE",
+            default_value = "http://127.0.0.1:8081"
+        )]
+        issuer_base: String,
     },
 }
 
@@ -332,6 +356,23 @@ fn admin_bearer(given: Option<&str>) -> Result<keel_proto::client::Bearer> {
 
 async fn run(cli: Cli) -> Result<Value> {
     match cli.command {
+        Cmd::Auth(AuthCmd::Generate { file, issuer_base }) => {
+            print!("{}", authspec::generate(&file, &issuer_base)?);
+            Ok(Value::Null)
+        }
+        Cmd::Auth(AuthCmd::Plan { ref file }) | Cmd::Auth(AuthCmd::Apply { ref file }) => {
+            // The file is checked before anything is contacted.
+            let spec = authspec::load(file)?;
+            let mut remote = keel_authspec::remote::Remote::new(
+                channel(&cli.auth_url).await?,
+                admin_bearer(cli.admin_token.as_deref())?,
+            );
+            if matches!(cli.command, Cmd::Auth(AuthCmd::Plan { .. })) {
+                authspec::plan(&spec, &mut remote).await
+            } else {
+                authspec::apply(&spec, &mut remote).await
+            }
+        }
         Cmd::Health { addr, service } => {
             let mut client =
                 tonic_health::pb::health_client::HealthClient::new(channel(&addr).await?);

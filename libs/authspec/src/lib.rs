@@ -9,6 +9,8 @@
 //! * [`spec`] — the versioned TOML spec file a tenant keeps in its repository: parsed with
 //!   unknown fields refused, checked, every problem reported with its line and reason.
 //! * [`plan`] — the changes that applying a spec to the current state would make.
+//! * [`remote`] — planning and applying against a running auth service (keelctl, tests).
+//! * [`wire`] — conversions to and from the `keel.auth.v1` messages (auth's edge and keelctl).
 //! * [`generate`] — what app teams need: each client's OIDC configuration and a typed Rust
 //!   snippet for obtaining and refreshing tokens.
 
@@ -16,7 +18,9 @@ pub mod client;
 pub mod generate;
 pub mod plan;
 pub mod policy;
+pub mod remote;
 pub mod spec;
+pub mod wire;
 
 pub use client::ClientSpec;
 pub use policy::TenantPolicy;

@@ -2,9 +2,9 @@
 //! and the operators' identity admin.
 
 use crate::admin::AdminGuard;
-use crate::clients::{Client, ClientSpec, client_sid};
+use crate::clients::{Client, client_sid};
 use crate::policies::Policies;
-use keel_authspec::TenantPolicy;
+use keel_authspec::wire;
 use keel_proto::auth as pb;
 use keel_proto::public;
 use keel_tenancy::TenantId;
@@ -45,56 +45,6 @@ fn to_pb(t: Tenant) -> pb::Tenant {
     }
 }
 
-fn step_up_pb(policy: &TenantPolicy) -> Vec<pb::StepUpRule> {
-    policy
-        .step_up
-        .iter()
-        .map(|(scope, age)| pb::StepUpRule {
-            scope: scope.clone(),
-            max_age_seconds: *age,
-        })
-        .collect()
-}
-
-fn policy_pb(tenant: &TenantId, p: &TenantPolicy, is_default: bool) -> pb::TenantPolicy {
-    pb::TenantPolicy {
-        tenant_id: tenant.to_string(),
-        access_token_ttl_seconds: p.access_ttl_secs,
-        refresh_idle_ttl_seconds: p.refresh_idle_secs,
-        refresh_absolute_ttl_seconds: p.refresh_absolute_secs,
-        key_algorithm: p.key_algorithm.clone(),
-        key_rotation_period_seconds: p.rotation_period_secs,
-        mfa_required_roles: p.mfa_required_roles.clone(),
-        roles: p
-            .roles
-            .iter()
-            .map(|(role, scopes)| pb::RoleScopes {
-                role: role.clone(),
-                scopes: scopes.clone(),
-            })
-            .collect(),
-        step_up: step_up_pb(p),
-        is_default,
-    }
-}
-
-fn policy_from_pb(p: pb::TenantPolicy) -> TenantPolicy {
-    TenantPolicy {
-        access_ttl_secs: p.access_token_ttl_seconds,
-        refresh_idle_secs: p.refresh_idle_ttl_seconds,
-        refresh_absolute_secs: p.refresh_absolute_ttl_seconds,
-        key_algorithm: p.key_algorithm,
-        rotation_period_secs: p.key_rotation_period_seconds,
-        mfa_required_roles: p.mfa_required_roles,
-        roles: p.roles.into_iter().map(|r| (r.role, r.scopes)).collect(),
-        step_up: p
-            .step_up
-            .into_iter()
-            .map(|r| (r.scope, r.max_age_seconds))
-            .collect(),
-    }
-}
-
 #[tonic::async_trait]
 impl pb::tenant_directory_server::TenantDirectory for TenantDirectoryService {
     async fn get_tenant(
@@ -105,7 +55,7 @@ impl pb::tenant_directory_server::TenantDirectory for TenantDirectoryService {
         let tenant = self.dir.get(&id).await?;
         let policy = self.policies.get(&id).await?;
         let mut t = to_pb(tenant);
-        t.step_up = step_up_pb(&policy);
+        t.step_up = wire::step_up_to_pb(&policy);
         Ok(Response::new(t))
     }
 
@@ -137,7 +87,11 @@ impl pb::tenant_directory_server::TenantDirectory for TenantDirectoryService {
         self.guard.check(req.metadata(), Some(&id)).await?;
         self.dir.get(&id).await?;
         let (p, is_default) = self.policies.get_with_origin(&id).await?;
-        Ok(Response::new(policy_pb(&id, &p, is_default)))
+        Ok(Response::new(wire::policy_to_pb(
+            id.as_str(),
+            &p,
+            is_default,
+        )))
     }
 
     async fn put_tenant_policy(
@@ -147,10 +101,10 @@ impl pb::tenant_directory_server::TenantDirectory for TenantDirectoryService {
         let id = parse_tenant_id(&req.get_ref().tenant_id)?;
         self.guard.check(req.metadata(), Some(&id)).await?;
         self.dir.get(&id).await?;
-        let policy = policy_from_pb(req.into_inner());
+        let policy = wire::policy_from_pb(req.into_inner());
         let changed = self.policies.put(&id, &policy).await?;
         Ok(Response::new(pb::PutTenantPolicyResponse {
-            policy: Some(policy_pb(&id, &policy, false)),
+            policy: Some(wire::policy_to_pb(id.as_str(), &policy, false)),
             changed,
         }))
     }
@@ -490,14 +444,7 @@ impl pb::identity_admin_server::IdentityAdmin for IdentityAdminService {
             .client
             .ok_or_else(|| Status::from(crate::identity::invalid("client", "is required")))?;
         self.identity.tenants.get(&tenant).await?;
-        let spec = ClientSpec {
-            client_id: c.client_id,
-            display_name: c.display_name,
-            confidential: c.confidential,
-            redirect_uris: c.redirect_uris,
-            grant_types: c.grant_types,
-            scopes: c.scopes,
-        };
+        let spec = wire::client_from_pb(c);
         let (client, secret, changed) = self
             .identity
             .clients
