@@ -4,6 +4,7 @@
 //! * [`keys`] — key material, states (pending → active → retained → revoked), random `kid`s.
 //! * [`AccessClaims`] — the claim set, with no unknown or duplicate claims accepted.
 //! * [`sign`] — issue a token with a tenant's active key.
+//! * [`VerifiedCache`] — skip re-verifying the same bytes, re-checking expiry and key each hit.
 //! * [`Verifier::verify`] — the checks in the order RFC 8725 and auth.md give: size cap, shape,
 //!   header (`typ`, no `crit`/`cty`/`jku`/`x5u`/`jwk`/…), `kid` lookup, algorithm **from the key
 //!   record**, signature, key state, then claims (`iss`/`aud`/tenant bound to the key's tenant,
@@ -12,7 +13,10 @@
 //! Nothing in a token is trusted or reflected before its signature verifies; errors never echo
 //! token content.
 
+pub mod cache;
 pub mod keys;
+
+pub use cache::VerifiedCache;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -84,6 +84,8 @@ pub struct AuthGate {
     redis: deadpool_redis::Pool,
     tenants: Mutex<HashMap<TenantId, (Instant, Resolved)>>,
     keys: Mutex<KeyCache>,
+    /// Tokens verified recently (expiry and key re-checked on every hit).
+    verified: keel_token::VerifiedCache,
     sessions: Mutex<HashMap<String, Instant>>,
     clock: SystemClock,
 }
@@ -136,6 +138,7 @@ impl AuthGate {
             key_directory: KeyDirectoryClient::new(auth),
             redis,
             tenants: Mutex::new(HashMap::new()),
+            verified: keel_token::VerifiedCache::default(),
             keys: Mutex::new(KeyCache {
                 entries: HashMap::new(),
                 window: Instant::now(),
@@ -325,12 +328,13 @@ impl AuthGate {
         self.ensure_key(&kid).await?;
         let verified = {
             let cache = self.keys.lock().map_err(|_| unavailable("key cache"))?;
-            Verifier {
+            let verifier = Verifier {
                 issuer_base: &self.issuer_base,
                 clock: &self.clock,
-            }
-            .verify(token, &*cache)
-            .map_err(|e| reject(&e))?
+            };
+            self.verified
+                .verify(&verifier, token, &*cache)
+                .map_err(|e| reject(&e))?
         };
         if self
             .session_revoked(&verified.tenant, &verified.claims.sid)
