@@ -760,3 +760,72 @@ async fn admin_apis_admit_the_operator_and_tenant_admins_for_their_own_tenant_on
         .unwrap();
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn users_list_and_revoke_their_sessions_and_admins_end_them_all() {
+    let stack = TestStack::start().await.unwrap();
+    let (first, _) = setup(&stack).await;
+    let (second, _) = stack.login("acme", "alice").await.unwrap();
+    stack.create_user("acme", "bob", &["member"]).await.unwrap();
+    let (bobs, _) = stack.login("acme", "bob").await.unwrap();
+    let mut auth = auth_client(&stack).await;
+    let sessions = auth
+        .list_sessions(authed(pb::ListSessionsRequest {}, &first))
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    assert_eq!(sessions.iter().filter(|s| s.current).count(), 1);
+    let other = sessions.iter().find(|s| !s.current).unwrap();
+    assert_eq!(other.acr, "pwd");
+
+    // Someone else's session cannot be named.
+    let bob_sessions = auth
+        .list_sessions(authed(pb::ListSessionsRequest {}, &bobs))
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    let st = auth
+        .revoke_session(authed(
+            pb::RevokeSessionRequest {
+                session_id: bob_sessions[0].session_id.clone(),
+            },
+            &first,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::NotFound);
+    list(&stack, &bobs).await.unwrap();
+
+    // Revoking the other session ends its tokens, not this one's.
+    auth.revoke_session(authed(
+        pb::RevokeSessionRequest {
+            session_id: other.session_id.clone(),
+        },
+        &first,
+    ))
+    .await
+    .unwrap();
+    wait_refused(&stack, &second, "the revoked session's token").await;
+    list(&stack, &first).await.unwrap();
+
+    // ASVS 7.4.5: an admin ends every session of a user.
+    let ended = stack
+        .admin()
+        .await
+        .unwrap()
+        .end_user_sessions(keel_proto::auth::EndUserSessionsRequest {
+            tenant_id: "acme".into(),
+            username: "alice".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions_ended;
+    assert_eq!(ended, 1);
+    wait_refused(&stack, &first, "every session of the user").await;
+    list(&stack, &bobs).await.unwrap();
+    stack.shutdown().await;
+}

@@ -260,6 +260,38 @@ impl pb::authentication_server::Authentication for AuthenticationService {
         }))
     }
 
+    async fn list_sessions(
+        &self,
+        req: Request<public::ListSessionsRequest>,
+    ) -> Result<Response<public::ListSessionsResponse>, Status> {
+        let v = self.identity.authenticate(req.metadata()).await?;
+        let sessions = self.identity.list_sessions(&v).await?;
+        Ok(Response::new(public::ListSessionsResponse {
+            sessions: sessions
+                .into_iter()
+                .map(|s| public::Session {
+                    session_id: s.sid,
+                    client_id: s.client_id,
+                    acr: s.acr,
+                    amr: s.amr,
+                    auth_time: Some(timestamp(s.auth_time)),
+                    current: s.current,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn revoke_session(
+        &self,
+        req: Request<public::RevokeSessionRequest>,
+    ) -> Result<Response<public::RevokeSessionResponse>, Status> {
+        let v = self.identity.authenticate(req.metadata()).await?;
+        self.identity
+            .revoke_own_session(&v, &req.get_ref().session_id)
+            .await?;
+        Ok(Response::new(public::RevokeSessionResponse {}))
+    }
+
     async fn change_password(
         &self,
         req: Request<public::ChangePasswordRequest>,
@@ -394,6 +426,20 @@ impl pb::identity_admin_server::IdentityAdmin for IdentityAdminService {
         Ok(Response::new(user_pb(
             &tenant, id, r.username, roles, created,
         )))
+    }
+
+    async fn end_user_sessions(
+        &self,
+        req: Request<pb::EndUserSessionsRequest>,
+    ) -> Result<Response<pb::EndUserSessionsResponse>, Status> {
+        let tenant = self.admit(req.metadata(), &req.get_ref().tenant_id).await?;
+        let sessions_ended = self
+            .identity
+            .end_user_sessions(&tenant, &req.get_ref().username)
+            .await?;
+        Ok(Response::new(pb::EndUserSessionsResponse {
+            sessions_ended,
+        }))
     }
 
     async fn rotate_signing_key(

@@ -63,6 +63,8 @@ pub enum Error {
     InvalidClient,
     #[error("no client {0}")]
     UnknownClient(String),
+    #[error("no session {0}")]
+    UnknownSession(String),
     /// Authenticated, but not allowed to do this.
     #[error("{0}")]
     Forbidden(&'static str),
@@ -92,7 +94,7 @@ impl KeelError for Error {
             Error::InvalidCredentials | Error::InvalidGrant | Error::InvalidClient => {
                 Reason::Unauthenticated
             }
-            Error::UnknownClient(_) => Reason::NotFound,
+            Error::UnknownClient(_) | Error::UnknownSession(_) => Reason::NotFound,
             Error::Forbidden(_) => Reason::PermissionDenied,
             Error::UserExists(_) => Reason::IdempotencyKeyReused,
             Error::Corrupt(_) => Reason::Internal,

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use sqlx::Row;
 use uuid::Uuid;
 
-use crate::identity::{Error, Identity, Issued};
+use crate::identity::{Error, Identity, Issued, invalid};
 use crate::totp;
 
 /// A login waiting for its second factor lives this long.
@@ -541,6 +541,66 @@ impl Identity {
         Ok((user, row.try_get("roles")?, row.try_get("create_time")?))
     }
 
+    /// The caller's live sessions, newest first.
+    pub async fn list_sessions(&self, v: &Verified) -> Result<Vec<SessionView>, Error> {
+        let user = user_of(v)?;
+        let rows = sqlx::query(
+            "SELECT sid, client_id, acr, amr, auth_time FROM sessions
+             WHERE tenant_id = $1 AND user_id = $2 AND revoked_at IS NULL
+             ORDER BY create_time DESC LIMIT 100",
+        )
+        .bind(v.tenant.as_str())
+        .bind(user)
+        .fetch_all(self.shards.pool(&v.tenant))
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let sid: String = r.try_get("sid")?;
+                Ok(SessionView {
+                    current: sid == v.claims.sid,
+                    sid,
+                    client_id: r.try_get("client_id")?,
+                    acr: r.try_get("acr")?,
+                    amr: r.try_get("amr")?,
+                    auth_time: r.try_get("auth_time")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Ends one of the caller's own sessions.
+    pub async fn revoke_own_session(&self, v: &Verified, sid: &str) -> Result<(), Error> {
+        let user = user_of(v)?;
+        let mine: Option<bool> = sqlx::query_scalar(
+            "SELECT revoked_at IS NULL FROM sessions WHERE tenant_id = $1 AND sid = $2 AND user_id = $3",
+        )
+        .bind(v.tenant.as_str())
+        .bind(sid)
+        .bind(user)
+        .fetch_optional(self.shards.pool(&v.tenant))
+        .await?;
+        match mine {
+            Some(true) => self.end_session(&v.tenant, sid).await,
+            // Already ended: nothing to do. Not the caller's: indistinguishable from unknown.
+            Some(false) => Ok(()),
+            None => Err(Error::UnknownSession(sid.chars().take(64).collect())),
+        }
+    }
+
+    /// Ends every session of a user, by username (operators and tenant admins).
+    pub async fn end_user_sessions(&self, tenant: &TenantId, username: &str) -> Result<u32, Error> {
+        let user: Option<Uuid> =
+            sqlx::query_scalar("SELECT user_id FROM users WHERE tenant_id = $1 AND username = $2")
+                .bind(tenant.as_str())
+                .bind(username)
+                .fetch_optional(self.shards.pool(tenant))
+                .await?;
+        let user = user.ok_or_else(|| invalid("username", "no such user"))?;
+        let n = self.end_sessions(tenant, user, None).await?;
+        tracing::info!(tenant = %tenant, user_id = %user, sessions_ended = n, "user's sessions ended by an admin");
+        Ok(n)
+    }
+
     pub async fn sign_out_everywhere(&self, v: &Verified) -> Result<u32, Error> {
         let user = user_of(v)?;
         self.end_sessions(&v.tenant, user, None).await
@@ -600,4 +660,14 @@ impl Identity {
         }
         Ok(n)
     }
+}
+
+/// One live session, as its owner sees it.
+pub struct SessionView {
+    pub sid: String,
+    pub client_id: String,
+    pub acr: String,
+    pub amr: Vec<String>,
+    pub auth_time: chrono::DateTime<chrono::Utc>,
+    pub current: bool,
 }

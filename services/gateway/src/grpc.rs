@@ -251,6 +251,28 @@ impl pb::authentication_service_server::AuthenticationService for Authentication
             .map_err(keel_errors::forward)
     }
 
+    async fn list_sessions(
+        &self,
+        req: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        self.auth
+            .clone()
+            .list_sessions(self.upstream(req))
+            .await
+            .map_err(keel_errors::forward)
+    }
+
+    async fn revoke_session(
+        &self,
+        req: Request<pb::RevokeSessionRequest>,
+    ) -> Result<Response<pb::RevokeSessionResponse>, Status> {
+        self.auth
+            .clone()
+            .revoke_session(self.upstream(req))
+            .await
+            .map_err(keel_errors::forward)
+    }
+
     async fn refresh(
         &self,
         req: Request<pb::RefreshRequest>,

@@ -58,6 +58,14 @@ pub const ROUTES: &[Route] = &[
         access: Access::Token("account"),
     },
     Route {
+        path: "/keel.v1.AuthenticationService/ListSessions",
+        access: Access::Token("account"),
+    },
+    Route {
+        path: "/keel.v1.AuthenticationService/RevokeSession",
+        access: Access::Token("account"),
+    },
+    Route {
         path: "/keel.v1.AuthenticationService/ChangePassword",
         access: Access::Token("account"),
     },
