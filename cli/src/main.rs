@@ -65,6 +65,9 @@ enum Cmd {
     /// Users (talks to the auth service directly: operators only).
     #[command(subcommand)]
     User(UserCmd),
+    /// Signing keys (talks to the auth service directly: operators and tenant admins).
+    #[command(subcommand)]
+    Key(KeyCmd),
     /// A tenant's auth, declared in a spec file: plan, apply, generate client configuration.
     #[command(subcommand)]
     Auth(AuthCmd),
@@ -151,10 +154,36 @@ enum UserCmd {
         password: Option<String>,
         #[arg(long)]
         password_stdin: bool,
-        /// admin or member (repeatable).
+        /// A role the tenant's policy defines (repeatable; default policy: admin or member).
         #[arg(long = "role")]
         roles: Vec<String>,
     },
+    /// Replaces a user's roles.
+    SetRoles {
+        tenant: String,
+        username: String,
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+    },
+    /// Ends every session of a user (the account stays usable).
+    EndSessions { tenant: String, username: String },
+    /// Disables a user: logins refused, every session ended.
+    Disable { tenant: String, username: String },
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// The tenant's published keys (pending, active, retained).
+    List { tenant: String },
+    /// Rotates now (`--activate-after 0`) or schedules a key that signs after the given seconds
+    /// (published at once; use at least the JWKS cache lifetime, 300 s, for outside verifiers).
+    Rotate {
+        tenant: String,
+        #[arg(long, default_value_t = 300)]
+        activate_after: u32,
+    },
+    /// Revokes a key: tokens it signed are refused at once.
+    Revoke { kid: String },
 }
 
 #[derive(Subcommand)]
@@ -451,6 +480,100 @@ async fn run(cli: Cli) -> Result<Value> {
                 save_tokens(&path, &r)?;
             }
             Ok(tokens_json(&r))
+        }
+        Cmd::User(cmd) => {
+            let mut admin = authpb::identity_admin_client::IdentityAdminClient::with_interceptor(
+                channel(&cli.auth_url).await?,
+                admin_bearer(cli.admin_token.as_deref())?,
+            );
+            let user_json = |u: authpb::User| json!({ "tenant_id": u.tenant_id, "user_id": u.user_id, "username": u.username, "roles": u.roles });
+            match cmd {
+                UserCmd::SetRoles {
+                    tenant,
+                    username,
+                    roles,
+                } => Ok(user_json(
+                    admin
+                        .set_user_roles(authpb::SetUserRolesRequest {
+                            tenant_id: tenant,
+                            username,
+                            roles,
+                        })
+                        .await?
+                        .into_inner(),
+                )),
+                UserCmd::EndSessions { tenant, username } => {
+                    let r = admin
+                        .end_user_sessions(authpb::EndUserSessionsRequest {
+                            tenant_id: tenant,
+                            username,
+                        })
+                        .await?
+                        .into_inner();
+                    Ok(json!({ "sessions_ended": r.sessions_ended }))
+                }
+                UserCmd::Disable { tenant, username } => Ok(user_json(
+                    admin
+                        .disable_user(authpb::DisableUserRequest {
+                            tenant_id: tenant,
+                            username,
+                        })
+                        .await?
+                        .into_inner(),
+                )),
+                UserCmd::Create { .. } => Ok(Value::Null),
+            }
+        }
+        Cmd::Key(cmd) => {
+            let channel = channel(&cli.auth_url).await?;
+            let key_json = |k: authpb::VerificationKey| {
+                json!({ "kid": k.kid, "tenant_id": k.tenant_id, "alg": k.alg, "state": k.state,
+                        "valid_from_unix": k.valid_from_unix, "verify_until_unix": k.verify_until_unix })
+            };
+            match cmd {
+                KeyCmd::List { tenant } => {
+                    let keys = authpb::key_directory_client::KeyDirectoryClient::new(channel)
+                        .list_verification_keys(authpb::ListVerificationKeysRequest {
+                            tenant_id: tenant,
+                        })
+                        .await?
+                        .into_inner()
+                        .keys;
+                    Ok(Value::Array(keys.into_iter().map(key_json).collect()))
+                }
+                KeyCmd::Rotate {
+                    tenant,
+                    activate_after,
+                } => {
+                    let mut admin =
+                        authpb::identity_admin_client::IdentityAdminClient::with_interceptor(
+                            channel,
+                            admin_bearer(cli.admin_token.as_deref())?,
+                        );
+                    Ok(key_json(
+                        admin
+                            .rotate_signing_key(authpb::RotateSigningKeyRequest {
+                                tenant_id: tenant,
+                                activate_after_seconds: activate_after,
+                            })
+                            .await?
+                            .into_inner(),
+                    ))
+                }
+                KeyCmd::Revoke { kid } => {
+                    let mut admin =
+                        authpb::identity_admin_client::IdentityAdminClient::with_interceptor(
+                            channel,
+                            admin_bearer(cli.admin_token.as_deref())?,
+                        );
+                    Ok(key_json(
+                        admin
+                            .revoke_signing_key(authpb::RevokeSigningKeyRequest { kid })
+                            .await?
+                            .into_inner(),
+                    ))
+                }
+            }
         }
         Cmd::Tenant(cmd) => {
             let mut client =

@@ -829,3 +829,136 @@ async fn users_list_and_revoke_their_sessions_and_admins_end_them_all() {
     list(&stack, &bobs).await.unwrap();
     stack.shutdown().await;
 }
+
+/// An auth replica on a manual clock over the stack's databases, with the given refresh
+/// lifetimes; returns it and its Authentication client.
+async fn replica_on(
+    stack: &TestStack,
+    clock: std::sync::Arc<keel_token::ManualClock>,
+    idle: &str,
+    absolute: &str,
+) -> (
+    keel_runtime::Host,
+    keel_proto::auth::authentication_client::AuthenticationClient<tonic::transport::Channel>,
+) {
+    let env = stack
+        .env
+        .clone()
+        .with("KEEL_AUTH_GRPC_ADDR", "127.0.0.1:0")
+        .with("KEEL_AUTH_ADMIN_ADDR", "127.0.0.1:0")
+        .with("KEEL_AUTH_HTTP_ADDR", "127.0.0.1:0")
+        .with("KEEL_AUTH_REFRESH_IDLE_TTL", idle)
+        .with("KEEL_AUTH_REFRESH_ABSOLUTE_TTL", absolute);
+    let host = keel_auth::start_with_clock(keel_auth::Config::from_env(&env).unwrap(), clock)
+        .await
+        .unwrap();
+    let client = keel_proto::auth::authentication_client::AuthenticationClient::new(
+        connect(&format!("http://{}", host.grpc_addr()))
+            .await
+            .unwrap(),
+    );
+    (host, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r7_r41_r42_refresh_families_die_when_idle_and_at_their_absolute_lifetime() {
+    use keel_token::Clock;
+    let stack = TestStack::start().await.unwrap();
+    stack.create_tenant("acme").await.unwrap();
+    stack
+        .create_user("acme", "alice", &["member"])
+        .await
+        .unwrap();
+    let clock = std::sync::Arc::new(keel_token::ManualClock::at(keel_token::SystemClock.now()));
+    let (replica, mut auth) = replica_on(&stack, clock.clone(), "1h", "3h").await;
+    let login = || pb::LoginRequest {
+        tenant_id: "acme".into(),
+        username: "alice".into(),
+        password: TEST_PASSWORD.into(),
+        client_id: "keel-tests".into(),
+    };
+    let refresh = |rt: String| pb::RefreshRequest {
+        refresh_token: rt,
+        client_id: "keel-tests".into(),
+    };
+
+    // Idle: each use extends the family by the idle lifetime; a longer pause ends it.
+    let mut rt = auth
+        .login(login())
+        .await
+        .unwrap()
+        .into_inner()
+        .refresh_token;
+    for _ in 0..2 {
+        clock.advance(59 * 60);
+        rt = auth
+            .refresh(refresh(rt))
+            .await
+            .unwrap()
+            .into_inner()
+            .refresh_token;
+    }
+    clock.advance(61 * 60);
+    let st = auth.refresh(refresh(rt)).await.unwrap_err();
+    assert_eq!(st.code(), Code::Unauthenticated, "idle for longer than 1h");
+
+    // Absolute: used every 50 minutes, the family still ends 3h after login.
+    let mut rt = auth
+        .login(login())
+        .await
+        .unwrap()
+        .into_inner()
+        .refresh_token;
+    for _ in 0..3 {
+        clock.advance(50 * 60);
+        rt = auth
+            .refresh(refresh(rt))
+            .await
+            .unwrap()
+            .into_inner()
+            .refresh_token;
+    }
+    clock.advance(31 * 60);
+    let st = auth.refresh(refresh(rt)).await.unwrap_err();
+    assert_eq!(
+        st.code(),
+        Code::Unauthenticated,
+        "3h after login, however active"
+    );
+    replica.shutdown().await;
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admins_change_a_users_roles_and_the_scopes_follow_at_refresh() {
+    let stack = TestStack::start().await.unwrap();
+    let (_, rt) = setup(&stack).await;
+    let mut admin = stack.admin().await.unwrap();
+    let set = |roles: &[&str]| keel_proto::auth::SetUserRolesRequest {
+        tenant_id: "acme".into(),
+        username: "alice".into(),
+        roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+    };
+    let st = admin.set_user_roles(set(&["root"])).await.unwrap_err();
+    assert_eq!(st.code(), Code::InvalidArgument);
+    let u = admin
+        .set_user_roles(set(&["admin"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(u.roles, vec!["admin"]);
+    let (at, _) = refresh(&stack, &rt).await.unwrap();
+    let payload = at.split('.').nth(1).unwrap();
+    use base64::Engine;
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        claims["scope"].as_str().unwrap().contains("models:export"),
+        "{claims}"
+    );
+    stack.shutdown().await;
+}

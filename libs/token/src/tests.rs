@@ -122,7 +122,7 @@ fn a_well_formed_token_verifies_and_names_its_tenant() {
 }
 
 #[test]
-fn row_1_alg_none_in_any_case_is_refused() {
+fn row_1_r10_r20_alg_none_in_any_case_is_refused() {
     let f = fixture();
     for alg in ["none", "None", "NONE", "nOnE"] {
         let h = json!({"alg": alg, "typ": "at+jwt", "kid": f.acme.kid});
@@ -168,7 +168,7 @@ fn row_3_altered_or_truncated_signatures_are_refused() {
 }
 
 #[test]
-fn rows_4_and_5_hmac_and_key_confusion_are_refused() {
+fn rows_4_5_r10_hmac_and_key_confusion_are_refused() {
     let f = fixture();
     for alg in [
         "HS256", "HS384", "HS512", "RS256", "ES256", "PS256", "eddsa", "Ed25519",
@@ -183,7 +183,7 @@ fn rows_4_and_5_hmac_and_key_confusion_are_refused() {
 }
 
 #[test]
-fn rows_6_7_19_20_unexpected_header_parameters_are_refused_and_never_fetched() {
+fn rows_6_7_19_20_r13_r16_unexpected_header_parameters_are_refused_and_never_fetched() {
     let f = fixture();
     let extras = [
         (
@@ -211,7 +211,7 @@ fn rows_6_7_19_20_unexpected_header_parameters_are_refused_and_never_fetched() {
 }
 
 #[test]
-fn rows_8_9_10_hostile_absent_and_foreign_kids_are_refused() {
+fn rows_8_9_10_r13_hostile_absent_and_foreign_kids_are_refused() {
     let f = fixture();
     for kid in [
         "",
@@ -247,7 +247,7 @@ fn rows_8_9_10_hostile_absent_and_foreign_kids_are_refused() {
 }
 
 #[test]
-fn rows_11_to_14_time_claims_are_strict() {
+fn rows_11_to_14_r17_r20_time_claims_are_strict() {
     let f = fixture();
     let with = |k: &str, v: Value| {
         let mut c = claims_json("acme");
@@ -307,7 +307,7 @@ fn rows_11_to_14_time_claims_are_strict() {
 }
 
 #[test]
-fn rows_15_16_17_audience_issuer_and_subject_must_be_exact() {
+fn rows_15_16_17_r3_r11_r12_r19_audience_issuer_and_subject_must_be_exact() {
     let f = fixture();
     let with = |k: &str, v: Option<Value>| {
         let mut c = claims_json("acme");
@@ -350,7 +350,7 @@ fn rows_15_16_17_audience_issuer_and_subject_must_be_exact() {
 }
 
 #[test]
-fn row_18_r_14_other_token_types_are_refused() {
+fn row_18_r14_r18_other_token_types_are_refused() {
     let f = fixture();
     for typ in [
         "JWT",
@@ -382,7 +382,7 @@ fn row_18_r_14_other_token_types_are_refused() {
 }
 
 #[test]
-fn row_21_r_15_duplicate_members_are_refused() {
+fn row_21_r15_duplicate_members_are_refused() {
     let f = fixture();
     let c = claims_json("acme").to_string();
     let dup_exp = c.replacen('{', "{\"exp\":1,", 1);

@@ -428,6 +428,21 @@ impl pb::identity_admin_server::IdentityAdmin for IdentityAdminService {
         )))
     }
 
+    async fn set_user_roles(
+        &self,
+        req: Request<pb::SetUserRolesRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let tenant = self.admit(req.metadata(), &req.get_ref().tenant_id).await?;
+        let r = req.into_inner();
+        let (id, roles, created) = self
+            .identity
+            .set_user_roles(&tenant, &r.username, r.roles)
+            .await?;
+        Ok(Response::new(user_pb(
+            &tenant, id, r.username, roles, created,
+        )))
+    }
+
     async fn end_user_sessions(
         &self,
         req: Request<pb::EndUserSessionsRequest>,

@@ -541,6 +541,48 @@ impl Identity {
         Ok((user, row.try_get("roles")?, row.try_get("create_time")?))
     }
 
+    /// Replaces a user's roles (which must be defined by the tenant's policy). Live sessions
+    /// get the new scopes at their next refresh (within the access-token lifetime).
+    pub async fn set_user_roles(
+        &self,
+        tenant: &TenantId,
+        username: &str,
+        roles: Vec<String>,
+    ) -> Result<(Uuid, Vec<String>, chrono::DateTime<chrono::Utc>), Error> {
+        let policy = self.policies.get(tenant).await?;
+        if roles.is_empty() {
+            return Err(invalid("roles", "name at least one role"));
+        }
+        if let Some(r) = roles.iter().find(|r| !policy.roles.contains_key(*r)) {
+            return Err(invalid(
+                "roles",
+                format!(
+                    "unknown role {r:?}; this tenant defines {}",
+                    policy.roles.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        let row = sqlx::query(
+            "UPDATE users SET roles = $3 WHERE tenant_id = $1 AND username = $2 RETURNING user_id, roles, create_time",
+        )
+        .bind(tenant.as_str())
+        .bind(username)
+        .bind(&roles)
+        .fetch_optional(self.shards.pool(tenant))
+        .await?
+        .ok_or_else(|| invalid("username", "no such user"))?;
+        let user: Uuid = row.try_get("user_id")?;
+        self.audit_alone(
+            tenant,
+            "user.roles_changed",
+            Some(user),
+            None,
+            vec![("roles", roles.join(" "))],
+        )
+        .await;
+        Ok((user, row.try_get("roles")?, row.try_get("create_time")?))
+    }
+
     /// The caller's live sessions, newest first.
     pub async fn list_sessions(&self, v: &Verified) -> Result<Vec<SessionView>, Error> {
         let user = user_of(v)?;
