@@ -383,6 +383,20 @@ fn admin_bearer(given: Option<&str>) -> Result<keel_proto::client::Bearer> {
         .context("the admin credential is not a valid header value")
 }
 
+type AdminClient = authpb::identity_admin_client::IdentityAdminClient<
+    tonic::service::interceptor::InterceptedService<Channel, keel_proto::client::Bearer>,
+>;
+
+/// The auth service's admin API with the admin credential.
+fn admin_client(channel: Channel, given: Option<&str>) -> Result<AdminClient> {
+    Ok(
+        authpb::identity_admin_client::IdentityAdminClient::with_interceptor(
+            channel,
+            admin_bearer(given)?,
+        ),
+    )
+}
+
 async fn run(cli: Cli) -> Result<Value> {
     match cli.command {
         Cmd::Auth(AuthCmd::Generate { file, issuer_base }) => {
@@ -422,10 +436,8 @@ async fn run(cli: Cli) -> Result<Value> {
             password_stdin,
             roles,
         }) => {
-            let mut admin = authpb::identity_admin_client::IdentityAdminClient::with_interceptor(
-                channel(&cli.auth_url).await?,
-                admin_bearer(cli.admin_token.as_deref())?,
-            );
+            let mut admin =
+                admin_client(channel(&cli.auth_url).await?, cli.admin_token.as_deref())?;
             let u = admin
                 .create_user(authpb::CreateUserRequest {
                     tenant_id: tenant,
@@ -482,10 +494,8 @@ async fn run(cli: Cli) -> Result<Value> {
             Ok(tokens_json(&r))
         }
         Cmd::User(cmd) => {
-            let mut admin = authpb::identity_admin_client::IdentityAdminClient::with_interceptor(
-                channel(&cli.auth_url).await?,
-                admin_bearer(cli.admin_token.as_deref())?,
-            );
+            let mut admin =
+                admin_client(channel(&cli.auth_url).await?, cli.admin_token.as_deref())?;
             let user_json = |u: authpb::User| json!({ "tenant_id": u.tenant_id, "user_id": u.user_id, "username": u.username, "roles": u.roles });
             match cmd {
                 UserCmd::SetRoles {
@@ -545,11 +555,7 @@ async fn run(cli: Cli) -> Result<Value> {
                     tenant,
                     activate_after,
                 } => {
-                    let mut admin =
-                        authpb::identity_admin_client::IdentityAdminClient::with_interceptor(
-                            channel,
-                            admin_bearer(cli.admin_token.as_deref())?,
-                        );
+                    let mut admin = admin_client(channel, cli.admin_token.as_deref())?;
                     Ok(key_json(
                         admin
                             .rotate_signing_key(authpb::RotateSigningKeyRequest {
@@ -561,11 +567,7 @@ async fn run(cli: Cli) -> Result<Value> {
                     ))
                 }
                 KeyCmd::Revoke { kid } => {
-                    let mut admin =
-                        authpb::identity_admin_client::IdentityAdminClient::with_interceptor(
-                            channel,
-                            admin_bearer(cli.admin_token.as_deref())?,
-                        );
+                    let mut admin = admin_client(channel, cli.admin_token.as_deref())?;
                     Ok(key_json(
                         admin
                             .revoke_signing_key(authpb::RevokeSigningKeyRequest { kid })

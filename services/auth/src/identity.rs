@@ -239,16 +239,7 @@ impl Identity {
         } else {
             roles
         };
-        let policy = self.policies.get(tenant).await?;
-        if let Some(r) = roles.iter().find(|r| !policy.roles.contains_key(*r)) {
-            return Err(invalid(
-                "roles",
-                format!(
-                    "unknown role {r:?}; this tenant defines {}",
-                    policy.roles.keys().cloned().collect::<Vec<_>>().join(", ")
-                ),
-            ));
-        }
+        self.check_roles(tenant, &roles).await?;
         self.tenants.get(tenant).await?;
         let hash = self
             .hasher
@@ -269,6 +260,25 @@ impl Identity {
         .await?
         .ok_or_else(|| Error::UserExists(username.to_owned()))?;
         Ok((id, roles, row.try_get("create_time")?))
+    }
+
+    /// Every role must be one the tenant's policy defines.
+    pub(crate) async fn check_roles(
+        &self,
+        tenant: &TenantId,
+        roles: &[String],
+    ) -> Result<(), Error> {
+        let policy = self.policies.get(tenant).await?;
+        match roles.iter().find(|r| !policy.roles.contains_key(*r)) {
+            Some(r) => Err(invalid(
+                "roles",
+                format!(
+                    "unknown role {r:?}; this tenant defines {}",
+                    policy.roles.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Password login (the gRPC flow): a session at once, or an MFA challenge.

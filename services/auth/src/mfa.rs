@@ -292,19 +292,26 @@ impl Identity {
         if deleted != 1 {
             return Err(Error::InvalidCredentials);
         }
-        let (roles, tier) = self.user_roles_and_tier(&tenant, user).await?;
-        Ok((
-            crate::identity::Principal {
-                tenant,
-                tier,
-                user_id: user,
-                roles,
-                acr: "mfa".into(),
-                amr: vec!["pwd".into(), amr.into()],
-                auth_time: self.clock.now(),
-            },
-            client_id,
-        ))
+        Ok((self.mfa_principal(&tenant, user, amr).await?, client_id))
+    }
+
+    /// A user who has just passed a second factor (`amr`: `otp` or `recovery`).
+    async fn mfa_principal(
+        &self,
+        tenant: &TenantId,
+        user: Uuid,
+        amr: &str,
+    ) -> Result<crate::identity::Principal, Error> {
+        let (roles, tier) = self.user_roles_and_tier(tenant, user).await?;
+        Ok(crate::identity::Principal {
+            tenant: tenant.clone(),
+            tier,
+            user_id: user,
+            roles,
+            acr: "mfa".into(),
+            amr: vec!["pwd".into(), amr.into()],
+            auth_time: self.clock.now(),
+        })
     }
 
     async fn user_roles_and_tier(
@@ -436,16 +443,7 @@ impl Identity {
     pub async fn step_up(&self, v: &Verified, code: &str) -> Result<Issued, Error> {
         let user = user_of(v)?;
         let amr = self.second_factor(&v.tenant, user, code).await?;
-        let (roles, tier) = self.user_roles_and_tier(&v.tenant, user).await?;
-        let principal = crate::identity::Principal {
-            tenant: v.tenant.clone(),
-            tier,
-            user_id: user,
-            roles,
-            acr: "mfa".into(),
-            amr: vec!["pwd".into(), amr.into()],
-            auth_time: self.clock.now(),
-        };
+        let principal = self.mfa_principal(&v.tenant, user, amr).await?;
         // The new session keeps what the old one was granted.
         let granted: Option<String> =
             sqlx::query_scalar("SELECT scope FROM sessions WHERE tenant_id = $1 AND sid = $2")
@@ -549,19 +547,10 @@ impl Identity {
         username: &str,
         roles: Vec<String>,
     ) -> Result<(Uuid, Vec<String>, chrono::DateTime<chrono::Utc>), Error> {
-        let policy = self.policies.get(tenant).await?;
         if roles.is_empty() {
             return Err(invalid("roles", "name at least one role"));
         }
-        if let Some(r) = roles.iter().find(|r| !policy.roles.contains_key(*r)) {
-            return Err(invalid(
-                "roles",
-                format!(
-                    "unknown role {r:?}; this tenant defines {}",
-                    policy.roles.keys().cloned().collect::<Vec<_>>().join(", ")
-                ),
-            ));
-        }
+        self.check_roles(tenant, &roles).await?;
         let row = sqlx::query(
             "UPDATE users SET roles = $3 WHERE tenant_id = $1 AND username = $2 RETURNING user_id, roles, create_time",
         )

@@ -415,6 +415,38 @@ pub async fn start(
     r
 }
 
+/// A form posted by one of the pages, with the parked request it continues.
+struct Posted {
+    tenant: TenantId,
+    form: Params,
+    request_id: String,
+    pending: Pending,
+}
+
+/// The tenant, the form and its parked request (which this browser must hold the cookie of),
+/// or the page to answer with.
+async fn posted(
+    id: &Identity,
+    tenant: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Posted, Response> {
+    let tenant =
+        tenant_of(tenant).ok_or_else(|| error_page(StatusCode::NOT_FOUND, "no such issuer"))?;
+    let form = Params::parse(body).map_err(|_| expired())?;
+    let request_id = form.get("request").unwrap_or("").to_owned();
+    match id.parked(&tenant, &request_id, headers).await {
+        Ok(Some(pending)) => Ok(Posted {
+            tenant,
+            form,
+            request_id,
+            pending,
+        }),
+        Ok(None) => Err(expired()),
+        Err(e) => Err(unavailable_page(&e)),
+    }
+}
+
 pub async fn login(
     State(id): State<Identity>,
     Path(tenant): Path<String>,
@@ -422,18 +454,16 @@ pub async fn login(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let Some(tenant) = tenant_of(&tenant) else {
-        return error_page(StatusCode::NOT_FOUND, "no such issuer");
+    let Posted {
+        tenant,
+        form,
+        request_id,
+        pending,
+    } = match posted(&id, &tenant, &headers, &body).await {
+        Ok(p) => p,
+        Err(r) => return r,
     };
-    let Ok(form) = Params::parse(&body) else {
-        return expired();
-    };
-    let request_id = form.get("request").unwrap_or("");
-    let pending = match id.parked(&tenant, request_id, &headers).await {
-        Ok(Some(p)) => p,
-        Ok(None) => return expired(),
-        Err(e) => return unavailable_page(&e),
-    };
+    let request_id = request_id.as_str();
     let username = form.get("username").unwrap_or("");
     let password = form.take("password").unwrap_or_default();
     let client = pending.request.client_id.clone();
@@ -476,18 +506,16 @@ pub async fn mfa(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let Some(tenant) = tenant_of(&tenant) else {
-        return error_page(StatusCode::NOT_FOUND, "no such issuer");
+    let Posted {
+        tenant,
+        form,
+        request_id,
+        pending,
+    } = match posted(&id, &tenant, &headers, &body).await {
+        Ok(p) => p,
+        Err(r) => return r,
     };
-    let Ok(form) = Params::parse(&body) else {
-        return expired();
-    };
-    let request_id = form.get("request").unwrap_or("");
-    let pending = match id.parked(&tenant, request_id, &headers).await {
-        Ok(Some(p)) => p,
-        Ok(None) => return expired(),
-        Err(e) => return unavailable_page(&e),
-    };
+    let request_id = request_id.as_str();
     let mfa_token = form.get("mfa_token").unwrap_or("");
     let code = form.get("code").unwrap_or("");
     match id.complete_mfa(mfa_token, code).await {

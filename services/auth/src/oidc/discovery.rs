@@ -7,15 +7,22 @@ use axum::response::{IntoResponse, Response};
 use super::{JWKS_MAX_AGE_SECS, no_such_issuer, tenant_of, unavailable};
 use crate::identity::{Identity, OIDC_SCOPES};
 
-pub async fn jwks(State(id): State<Identity>, Path(tenant): Path<String>) -> Response {
-    let Some(tenant) = tenant_of(&tenant) else {
-        return no_such_issuer();
-    };
+/// The tenant of an issuer path, if it is an active tenant (suspended and unknown tenants have
+/// no issuer).
+async fn active_issuer(id: &Identity, raw: &str) -> Result<keel_tenancy::TenantId, Response> {
+    let tenant = tenant_of(raw).ok_or_else(no_such_issuer)?;
     match id.tenants.get(&tenant).await {
-        Ok(t) if t.active => {}
-        Ok(_) | Err(crate::tenants::Error::Unknown(_)) => return no_such_issuer(),
-        Err(e) => return unavailable(&e),
+        Ok(t) if t.active => Ok(tenant),
+        Ok(_) | Err(crate::tenants::Error::Unknown(_)) => Err(no_such_issuer()),
+        Err(e) => Err(unavailable(&e)),
     }
+}
+
+pub async fn jwks(State(id): State<Identity>, Path(tenant): Path<String>) -> Response {
+    let tenant = match active_issuer(&id, &tenant).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
     // A tenant that has never signed gets its first key now, so that clients can fetch the
     // JWKS before the first token exists.
     if let Err(e) = id.keys.signing_key(&tenant).await {
@@ -39,14 +46,10 @@ pub async fn jwks(State(id): State<Identity>, Path(tenant): Path<String>) -> Res
 /// The discovery document. Its `issuer` is exactly the URL it is served under (minus the
 /// well-known suffix), as OIDC Discovery §4.3 requires clients to check.
 pub async fn configuration(State(id): State<Identity>, Path(tenant): Path<String>) -> Response {
-    let Some(tenant) = tenant_of(&tenant) else {
-        return no_such_issuer();
+    let tenant = match active_issuer(&id, &tenant).await {
+        Ok(t) => t,
+        Err(r) => return r,
     };
-    match id.tenants.get(&tenant).await {
-        Ok(t) if t.active => {}
-        Ok(_) | Err(crate::tenants::Error::Unknown(_)) => return no_such_issuer(),
-        Err(e) => return unavailable(&e),
-    }
     let iss = keel_token::issuer(&id.issuer_base, &tenant);
     let mut scopes: Vec<String> = OIDC_SCOPES.iter().map(|s| (*s).to_owned()).collect();
     scopes.extend(

@@ -164,6 +164,19 @@ pub async fn token(
     }
 }
 
+/// The issuer's tenant, the form and the client authentication it carries, or the error.
+fn form_and_client(
+    tenant: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(TenantId, Params, Option<ClientAuth>), Response> {
+    let tenant = tenant_of(tenant).ok_or_else(no_such_issuer)?;
+    let form = Params::parse(body).map_err(|e| oauth_error(&e))?;
+    let auth = client_auth(&form, header_str(headers, header::AUTHORIZATION))
+        .map_err(|e| oauth_error(&e))?;
+    Ok((tenant, form, auth))
+}
+
 /// RFC 7009: a refresh token ends its family and session, an access token its session (or,
 /// for a client-credentials token, nothing: those expire within minutes and end with their
 /// client). Always 200 for tokens it does not know.
@@ -173,16 +186,9 @@ pub async fn revoke(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let Some(tenant) = tenant_of(&tenant) else {
-        return no_such_issuer();
-    };
-    let form = match Params::parse(&body) {
-        Ok(f) => f,
-        Err(e) => return oauth_error(&e),
-    };
-    let auth = match client_auth(&form, header_str(&headers, header::AUTHORIZATION)) {
-        Ok(a) => a,
-        Err(e) => return oauth_error(&e),
+    let (tenant, form, auth) = match form_and_client(&tenant, &headers, &body) {
+        Ok(x) => x,
+        Err(r) => return r,
     };
     if let Some(a @ ClientAuth::Secret { .. }) = &auth
         && let Err(r) = authenticated(&id, &tenant, Some(a)).await
@@ -223,17 +229,10 @@ pub async fn introspect(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let Some(tenant) = tenant_of(&tenant) else {
-        return no_such_issuer();
-    };
-    let form = match Params::parse(&body) {
-        Ok(f) => f,
-        Err(e) => return oauth_error(&e),
-    };
-    let auth = match client_auth(&form, header_str(&headers, header::AUTHORIZATION)) {
-        Ok(Some(a @ ClientAuth::Secret { .. })) => a,
+    let (tenant, form, auth) = match form_and_client(&tenant, &headers, &body) {
+        Ok((t, f, Some(a @ ClientAuth::Secret { .. }))) => (t, f, a),
         Ok(_) => return invalid_client(),
-        Err(e) => return oauth_error(&e),
+        Err(r) => return r,
     };
     if let Err(r) = authenticated(&id, &tenant, Some(&auth)).await {
         return r;
