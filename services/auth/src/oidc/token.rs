@@ -49,6 +49,20 @@ async fn authenticated(
     }
 }
 
+/// The authenticated client of a grant that needs one, allowed to use it.
+async fn client_for(
+    id: &Identity,
+    tenant: &TenantId,
+    auth: Option<&ClientAuth>,
+    grant: &'static str,
+) -> Result<Client, Response> {
+    match authenticated(id, tenant, auth).await? {
+        Some(c) if c.allows(grant) => Ok(c),
+        Some(_) => Err(unauthorized_client(grant)),
+        None => Err(invalid_client()),
+    }
+}
+
 pub async fn token(
     State(id): State<Identity>,
     Path(tenant): Path<String>,
@@ -68,14 +82,10 @@ pub async fn token(
             redirect_uri,
             code_verifier,
         } => {
-            let client = match authenticated(&id, &tenant, req.client.as_ref()).await {
-                Ok(Some(c)) => c,
-                Ok(None) => return invalid_client(),
+            let client = match client_for(&id, &tenant, req.client.as_ref(), GRANT_CODE).await {
+                Ok(c) => c,
                 Err(r) => return r,
             };
-            if !client.allows(GRANT_CODE) {
-                return unauthorized_client(GRANT_CODE);
-            }
             match id
                 .redeem_code(&tenant, &client, &code, &redirect_uri, &code_verifier)
                 .await
@@ -130,14 +140,12 @@ pub async fn token(
             }
         }
         Grant::ClientCredentials { scope } => {
-            let client = match authenticated(&id, &tenant, req.client.as_ref()).await {
-                Ok(Some(c)) => c,
-                Ok(None) => return invalid_client(),
-                Err(r) => return r,
-            };
-            if !client.allows(GRANT_CLIENT_CREDENTIALS) {
-                return unauthorized_client(GRANT_CLIENT_CREDENTIALS);
-            }
+            let client =
+                match client_for(&id, &tenant, req.client.as_ref(), GRANT_CLIENT_CREDENTIALS).await
+                {
+                    Ok(c) => c,
+                    Err(r) => return r,
+                };
             let scope = match scope {
                 None => client.spec.scopes.clone(),
                 Some(asked) => {
