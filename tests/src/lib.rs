@@ -140,6 +140,8 @@ pub fn base_env(servers: &Servers, id: &str, database_urls: &[String]) -> Env {
         ("KEEL_AUTH_MASTER_KEY", test_master_key()),
         ("KEEL_AUTH_HASH_CONCURRENCY", "2".into()),
         ("KEEL_AUTH_ADMIN_TOKEN", test_master_key()),
+        // Every test logs in from 127.0.0.1; the per-source budget has tests of its own.
+        ("KEEL_GATEWAY_ANONYMOUS_BURST", "100000".into()),
     ]);
     // The issuer must be the URL the auth service is really reached at (OIDC discovery checks
     // it), so its HTTP port is chosen here rather than by the kernel at bind time.

@@ -36,6 +36,7 @@ pub struct Stack {
     pg_ctl: PathBuf,
     pg_data: PathBuf,
     pg_as_postgres: bool,
+    redis_server: PathBuf,
     children: Vec<(&'static str, Child)>,
 }
 
@@ -138,6 +139,7 @@ impl Stack {
             pg_ctl: tools.pg_bin.join("pg_ctl"),
             pg_data: dir.join("postgres/data"),
             pg_as_postgres: tools.pg_as_postgres,
+            redis_server: tools.redis_server.clone(),
             children: Vec::new(),
         };
         stack.start_postgres(tools, &dir, profile)?;
@@ -331,6 +333,11 @@ impl Stack {
             ("KEEL_TEST_PG_URL".into(), self.pg_url()),
             ("KEEL_TEST_REDIS_URL".into(), self.redis_url()),
             ("KEEL_TEST_NATS_URL".into(), self.nats_url()),
+            // For tests that run (and kill) a Redis of their own.
+            (
+                "KEEL_TEST_REDIS_SERVER".into(),
+                self.redis_server.display().to_string(),
+            ),
         ]
     }
 }

@@ -33,14 +33,29 @@ pub struct Caller {
     pub scopes: Vec<String>,
 }
 
+/// What a gate decided for an admitted call.
+#[derive(Debug, Default)]
+pub struct Admission {
+    /// `Some` for a tenant's call; `None` for an ungated method (health, reflection) or an
+    /// anonymous one (login flows).
+    pub caller: Option<Caller>,
+    /// Headers (gRPC response metadata) to add to the response, e.g. rate-limit state.
+    pub response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
 pub type GateFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<Option<Caller>, tonic::Status>> + Send + 'a>>;
+    Pin<Box<dyn Future<Output = Result<Admission, tonic::Status>> + Send + 'a>>;
 
 /// Admission control in front of every method of a server.
 pub trait Gate: Send + Sync + 'static {
-    /// `Ok(Some(caller))` admits a tenant's call; `Ok(None)` admits an ungated method (health,
-    /// reflection); `Err(status)` refuses it.
-    fn admit<'a>(&'a self, path: &'a str, headers: &'a http::HeaderMap) -> GateFuture<'a>;
+    /// Admits the call (see [`Admission`]) or refuses it with the status to answer. `peer` is
+    /// the client's address, when the transport knows it.
+    fn admit<'a>(
+        &'a self,
+        path: &'a str,
+        headers: &'a http::HeaderMap,
+        peer: Option<std::net::SocketAddr>,
+    ) -> GateFuture<'a>;
 }
 
 #[derive(Clone)]
@@ -146,14 +161,29 @@ where
             let in_flight = metrics::gauge!("keel_rpc_in_flight", "service" => service);
             in_flight.increment(1.0);
             let mut req = req;
+            let peer = req
+                .extensions()
+                .get::<tonic::transport::server::TcpConnectInfo>()
+                .and_then(|i| i.remote_addr());
             let admitted = match &gate {
-                None => Ok(None),
-                Some(g) => g.admit(req.uri().path(), req.headers()).await,
+                None => Ok(Admission::default()),
+                Some(g) => g.admit(req.uri().path(), req.headers(), peer).await,
             };
+            let mut extra_headers = Vec::new();
             let res = match admitted {
                 Err(status) => Ok(status.into_http::<RB>()),
-                Ok(None) => inner.call(req).await,
-                Ok(Some(caller)) => {
+                Ok(Admission {
+                    caller: None,
+                    response_headers,
+                }) => {
+                    extra_headers = response_headers;
+                    inner.call(req).await
+                }
+                Ok(Admission {
+                    caller: Some(caller),
+                    response_headers,
+                }) => {
+                    extra_headers = response_headers;
                     // A child span carrying the verified tenant in its context, so every span
                     // below it (handlers, outgoing calls) is stamped with `tenant.id`.
                     let server_span = tracing::Span::current();
@@ -174,6 +204,12 @@ where
                     inner.call(req).instrument(span).await
                 }
             };
+            let res = res.map(|mut r| {
+                for (k, v) in extra_headers {
+                    r.headers_mut().append(k, v);
+                }
+                r
+            });
             in_flight.decrement(1.0);
             let code = match &res {
                 // Errors before the body are "trailers-only": grpc-status is in the headers.

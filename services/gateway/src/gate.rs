@@ -16,11 +16,12 @@ use std::time::{Duration, Instant};
 use keel_errors::{Reason, reason_of, status};
 use keel_proto::auth::key_directory_client::KeyDirectoryClient;
 use keel_proto::auth::tenant_directory_client::TenantDirectoryClient;
-use keel_runtime::{Caller, Gate, GateFuture};
+use keel_runtime::{Admission, Caller, Gate, GateFuture};
 use keel_tenancy::{GRPC_TENANT_HEADER, TenantId};
 use keel_token::{Clock, KeyRecord, KeySource, KeyState, SystemClock, TokenError, Verifier};
 use tonic::transport::Channel;
 
+use crate::limits::{Decision, Limiter};
 use crate::routes::{self, Access};
 
 /// Cache a resolved tenant this long: tenant status changes (suspension) take effect within it.
@@ -88,6 +89,10 @@ pub struct AuthGate {
     verified: keel_token::VerifiedCache,
     sessions: Mutex<HashMap<String, Instant>>,
     clock: SystemClock,
+    limiter: Limiter,
+    /// Refuse (rather than serve) while Redis cannot answer revocation checks.
+    fail_closed: bool,
+    last_revocation_warning: Mutex<Option<Instant>>,
 }
 
 fn unauthenticated(msg: &str) -> tonic::Status {
@@ -130,8 +135,13 @@ impl AuthGate {
         redis_prefix: String,
         auth: Channel,
         redis: deadpool_redis::Pool,
+        fail_closed: bool,
+        anonymous: crate::limits::Rate,
     ) -> Self {
         AuthGate {
+            limiter: Limiter::new(redis.clone(), redis_prefix.clone(), fail_closed, anonymous),
+            fail_closed,
+            last_revocation_warning: Mutex::new(None),
             issuer_base,
             redis_prefix,
             directory: TenantDirectoryClient::new(auth.clone()),
@@ -279,6 +289,66 @@ impl AuthGate {
         Ok(())
     }
 
+    async fn revoked_in_redis(&self, tenant: &TenantId, sid: &str) -> Result<bool, String> {
+        let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
+        redis::cmd("EXISTS")
+            .arg(tenant.redis_key(&format!("{}:revoked", self.redis_prefix), sid))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Charges the call to its buckets: the response headers when admitted, the refusal when
+    /// not.
+    async fn limit(
+        &self,
+        keys: &[(String, crate::limits::Rate)],
+    ) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, tonic::Status> {
+        let (decision, source) = self
+            .limiter
+            .check(keys, 1)
+            .await
+            .map_err(|_| unavailable("rate limiter"))?;
+        let source = match source {
+            crate::limits::Source::Redis => "redis",
+            crate::limits::Source::Local => "local",
+        };
+        let num = |n: u64| http::HeaderValue::from(n);
+        match decision {
+            Decision::Allowed {
+                limit,
+                remaining,
+                reset,
+            } => {
+                metrics::counter!("keel_gateway_ratelimit_decisions_total", "result" => "allowed", "source" => source).increment(1);
+                Ok(vec![
+                    (RATELIMIT_LIMIT.clone(), num(u64::from(limit))),
+                    (RATELIMIT_REMAINING.clone(), num(u64::from(remaining))),
+                    (
+                        RATELIMIT_RESET.clone(),
+                        num(reset.as_secs_f64().ceil() as u64),
+                    ),
+                ])
+            }
+            Decision::Denied { limit, retry_after } => {
+                metrics::counter!("keel_gateway_ratelimit_decisions_total", "result" => "denied", "source" => source).increment(1);
+                let ms = retry_after.as_millis().max(1) as u64;
+                let mut st = status(
+                    Reason::RateLimited,
+                    format!("rate limit reached; retry after {ms} ms"),
+                    vec![("retry_after_ms", ms.to_string())],
+                );
+                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                let md = st.metadata_mut();
+                md.insert("retry-after", secs.into());
+                md.insert("x-ratelimit-limit", u64::from(limit).into());
+                md.insert("x-ratelimit-remaining", 0u64.into());
+                md.insert("x-ratelimit-reset", secs.into());
+                Err(st)
+            }
+        }
+    }
+
     async fn session_revoked(&self, tenant: &TenantId, sid: &str) -> Result<bool, tonic::Status> {
         let cache_key = format!("{tenant}/{sid}");
         if let Ok(cache) = self.sessions.lock()
@@ -288,12 +358,24 @@ impl AuthGate {
         {
             return Ok(false);
         }
-        let mut conn = self.redis.get().await.map_err(|_| unavailable("redis"))?;
-        let revoked: bool = redis::cmd("EXISTS")
-            .arg(tenant.redis_key(&format!("{}:revoked", self.redis_prefix), sid))
-            .query_async(&mut conn)
-            .await
-            .map_err(|_| unavailable("redis"))?;
+        let revoked = match self.revoked_in_redis(tenant, sid).await {
+            Ok(r) => r,
+            Err(e) if self.fail_closed => {
+                tracing::error!(error = %e, "revocation check impossible: Redis unreachable (fail-closed)");
+                return Err(unavailable("redis"));
+            }
+            Err(e) => {
+                // Fail-open: serve on the token's own validity (minutes) until Redis is back.
+                metrics::counter!("keel_gateway_revocation_unchecked_total").increment(1);
+                if let Ok(mut last) = self.last_revocation_warning.lock()
+                    && last.is_none_or(|at| at.elapsed() >= Duration::from_secs(10))
+                {
+                    *last = Some(Instant::now());
+                    tracing::warn!(error = %e, "revocation check skipped: Redis unreachable (fail-open)");
+                }
+                return Ok(false);
+            }
+        };
         if !revoked && let Ok(mut cache) = self.sessions.lock() {
             bounded_insert(&mut cache, cache_key, Instant::now(), |_, at| {
                 at.elapsed() < SESSION_CHECK_TTL
@@ -371,11 +453,21 @@ fn step_up_challenge(max_age: i64) -> tonic::Status {
     st
 }
 
+const RATELIMIT_LIMIT: http::HeaderName = http::HeaderName::from_static("x-ratelimit-limit");
+const RATELIMIT_REMAINING: http::HeaderName =
+    http::HeaderName::from_static("x-ratelimit-remaining");
+const RATELIMIT_RESET: http::HeaderName = http::HeaderName::from_static("x-ratelimit-reset");
+
 impl Gate for AuthGate {
-    fn admit<'a>(&'a self, path: &'a str, headers: &'a http::HeaderMap) -> GateFuture<'a> {
+    fn admit<'a>(
+        &'a self,
+        path: &'a str,
+        headers: &'a http::HeaderMap,
+        peer: Option<std::net::SocketAddr>,
+    ) -> GateFuture<'a> {
         Box::pin(async move {
             if routes::UNGATED_PREFIXES.iter().any(|p| path.starts_with(p)) {
-                return Ok(None);
+                return Ok(Admission::default());
             }
             let route = routes::lookup(path).ok_or_else(|| {
                 status(
@@ -385,8 +477,14 @@ impl Gate for AuthGate {
                 )
             })?;
             let (scope, step_up) = match route.access {
-                // Login flows carry no caller.
-                Access::Anonymous => return Ok(None),
+                // Login flows carry no caller: limited per source address.
+                Access::Anonymous => {
+                    let keys = self.limiter.source_keys(peer.map(|p| p.ip()));
+                    return Ok(Admission {
+                        caller: None,
+                        response_headers: self.limit(&keys).await?,
+                    });
+                }
                 Access::Token(s) => (s, false),
                 Access::StepUp(s) => (s, true),
             };
@@ -419,6 +517,10 @@ impl Gate for AuthGate {
                 ));
             }
             let claims = &verified.claims;
+            // Limits before the remaining checks: every authenticated call counts, refused or
+            // not, per tenant and per user, at the contract tier the token states.
+            let keys = self.limiter.caller_keys(&tenant, &claims.sub, &claims.tier);
+            let response_headers = self.limit(&keys).await?;
             if !claims.scopes().any(|s| s == scope) {
                 return Err(status(
                     Reason::PermissionDenied,
@@ -431,11 +533,14 @@ impl Gate for AuthGate {
             {
                 return Err(step_up_challenge(max_age));
             }
-            Ok(Some(Caller {
-                tenant,
-                subject: claims.sub.clone(),
-                scopes: claims.scopes().map(str::to_owned).collect(),
-            }))
+            Ok(Admission {
+                caller: Some(Caller {
+                    tenant,
+                    subject: claims.sub.clone(),
+                    scopes: claims.scopes().map(str::to_owned).collect(),
+                }),
+                response_headers,
+            })
         })
     }
 }

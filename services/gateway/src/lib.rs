@@ -3,10 +3,12 @@
 //! services on behalf of the caller's tenant.
 //!
 //! * [`Config`] / [`Application`] — listeners, upstream channels, readiness on auth and inference.
-//! * [`routes`] — the route table; [`gate`] — admission; [`grpc`] — the public services.
+//! * [`routes`] — the route table; [`gate`] — admission; [`limits`] — tier rate limits shared
+//!   through Redis; [`grpc`] — the public services.
 
 pub mod gate;
 pub mod grpc;
+pub mod limits;
 pub mod routes;
 
 use std::sync::Arc;
@@ -35,6 +37,11 @@ pub struct Config {
     pub redis_prefix: String,
     pub issuer_base: String,
     pub upstream_timeout: Duration,
+    /// While Redis is unreachable: refuse calls (true) or serve with per-replica limits and
+    /// unchecked revocations (false, the default: availability first; tokens still expire).
+    pub redis_fail_closed: bool,
+    /// The per-source budget of the anonymous methods (login flows).
+    pub anonymous_rate: limits::Rate,
 }
 
 impl Config {
@@ -51,6 +58,11 @@ impl Config {
             )?,
             upstream_timeout: env
                 .duration("KEEL_GATEWAY_UPSTREAM_TIMEOUT", DEFAULT_UPSTREAM_TIMEOUT)?,
+            redis_fail_closed: env.bool("KEEL_GATEWAY_REDIS_FAIL_CLOSED", false)?,
+            anonymous_rate: limits::Rate {
+                per_second: env.or("KEEL_GATEWAY_ANONYMOUS_RATE", limits::ANONYMOUS.per_second)?,
+                burst: env.or("KEEL_GATEWAY_ANONYMOUS_BURST", limits::ANONYMOUS.burst)?,
+            },
         })
     }
 }
@@ -114,6 +126,8 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
                 cfg.redis_prefix.clone(),
                 auth,
                 redis,
+                cfg.redis_fail_closed,
+                cfg.anonymous_rate,
             ))),
             http: None,
         },
