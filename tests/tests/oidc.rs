@@ -671,7 +671,7 @@ async fn service_clients_get_scoped_tokens_introspection_needs_a_client_and_disa
     let (_, c) = claims(&at);
     assert_eq!(
         (c["sub"].as_str(), c["scope"].as_str()),
-        (Some("indexer"), Some("documents:read"))
+        (Some("client:indexer"), Some("documents:read"))
     );
     assert!(works(&stack, &at).await, "documents:read lists documents");
     let mut docs = stack.documents().await.unwrap();
@@ -715,6 +715,43 @@ async fn service_clients_get_scoped_tokens_introspection_needs_a_client_and_disa
     .await;
     assert_eq!(i.json()["active"], true, "{}", i.text());
     assert_eq!(i.json()["token_type"], "refresh_token");
+    // RFC 7009 §2.1: one client cannot revoke another's tokens.
+    let r = post(
+        "/t/acme/revoke",
+        Some(basic.clone()),
+        vec![("token", urt.clone())],
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (400, Some("unauthorized_client"))
+    );
+    let i = post(
+        "/t/acme/introspect",
+        Some(basic.clone()),
+        vec![("token", urt.clone())],
+    )
+    .await;
+    assert_eq!(i.json()["active"], true, "still active");
+    // Revoking a client-credentials token does not lock its client out.
+    let r = post(
+        "/t/acme/revoke",
+        Some(basic.clone()),
+        vec![("token", at.clone())],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let fresh = post(
+        "/t/acme/token",
+        Some(basic.clone()),
+        vec![("grant_type", "client_credentials".into())],
+    )
+    .await
+    .json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(works(&stack, &fresh).await);
     let r = post("/t/acme/revoke", None, vec![("token", urt.clone())]).await;
     assert_eq!(r.status, 200);
     for tok in [urt, uat] {
@@ -744,6 +781,107 @@ async fn service_clients_get_scoped_tokens_introspection_needs_a_client_and_disa
     )
     .await;
     assert_eq!(again.status, 401);
+    // Registered again, it works again (its revocation is taken back).
+    stack
+        .put_client(OAuthClient {
+            tenant_id: "acme".into(),
+            client_id: "indexer".into(),
+            display_name: "Indexer".into(),
+            confidential: true,
+            grant_types: vec!["client_credentials".into()],
+            scopes: vec!["documents:read".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let back = post(
+        "/t/acme/token",
+        Some(basic.clone()),
+        vec![("grant_type", "client_credentials".into())],
+    )
+    .await;
+    assert_eq!(back.status, 200, "{}", back.text());
+    assert!(works(&stack, back.json()["access_token"].as_str().unwrap()).await);
+
+    // A client token can never act as a user: a client holding the account scope is still
+    // refused by the account methods (its subject is no user).
+    let secret = stack
+        .put_client(OAuthClient {
+            tenant_id: "acme".into(),
+            client_id: "sneaky".into(),
+            display_name: "Sneaky".into(),
+            confidential: true,
+            grant_types: vec!["client_credentials".into()],
+            scopes: vec!["account".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let sneaky = post(
+        "/t/acme/token",
+        Some(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("sneaky:{secret}"))
+        )),
+        vec![("grant_type", "client_credentials".into())],
+    )
+    .await
+    .json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut auth = pb::authentication_service_client::AuthenticationServiceClient::new(
+        keel_tests::connect(&stack.gateway_url()).await.unwrap(),
+    );
+    let st = auth
+        .enroll_mfa(authed(pb::EnrollMfaRequest {}, &sneaky))
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), tonic::Code::Unauthenticated);
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn disabling_a_client_ends_its_users_sessions_and_refreshes_and_scopes_bound_requests() {
+    let stack = stack_with_user(&["member"]).await;
+    let code = sign_in(&stack, &authorize_query(&[])).await;
+    let t = exchange(&stack, &code, VERIFIER).await.json();
+    let at = t["access_token"].as_str().unwrap().to_owned();
+    let rt = t["refresh_token"].as_str().unwrap().to_owned();
+    assert!(works(&stack, &at).await);
+    stack
+        .admin()
+        .await
+        .unwrap()
+        .disable_client(keel_proto::auth::DisableClientRequest {
+            tenant_id: "acme".into(),
+            client_id: "web".into(),
+        })
+        .await
+        .unwrap();
+    wait_dead(&stack, &at).await;
+    let (status, body) = keel_tests::http_post_form(
+        stack.auth_http(),
+        "/t/acme/token",
+        &format!("grant_type=refresh_token&refresh_token={rt}&client_id=web"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 400, "{body}");
+
+    // A client registered with scopes may ask for those alone.
+    let mut bounded = web_client("acme");
+    bounded.scopes = vec!["documents:read".into()];
+    stack.put_client(bounded).await.unwrap();
+    let (_, r) = Browser::open(
+        &stack,
+        &authorize_query(&[("scope", "openid documents:write")]),
+    )
+    .await;
+    assert_eq!(param(&location_params(&r), "error"), Some("invalid_scope"));
+    let code = sign_in(&stack, &authorize_query(&[("scope", "")])).await;
+    let t = exchange(&stack, &code, VERIFIER).await.json();
+    assert_eq!(t["scope"], "documents:read");
     stack.shutdown().await;
 }
 

@@ -17,7 +17,8 @@ pub struct ClientSpec {
     pub confidential: bool,
     pub redirect_uris: Vec<String>,
     pub grant_types: Vec<String>,
-    /// Scopes a `client_credentials` token may carry.
+    /// The scopes this client may obtain: all a `client_credentials` token carries; for the
+    /// code flow, a bound on what it may request (empty: whatever the user's roles allow).
     pub scopes: Vec<String>,
 }
 
@@ -83,11 +84,10 @@ pub fn check(spec: &ClientSpec) -> Result<(), (&'static str, String)> {
     {
         return Err(("scopes", format!("{s:?} is not a keel scope")));
     }
-    if !spec.scopes.is_empty() && !spec.allows(GRANT_CLIENT_CREDENTIALS) {
+    if spec.scopes.is_empty() && spec.allows(GRANT_CLIENT_CREDENTIALS) {
         return Err((
             "scopes",
-            "client scopes apply to client_credentials only; users' scopes come from their roles"
-                .into(),
+            "a client_credentials client needs the scopes its tokens carry".into(),
         ));
     }
     Ok(())
@@ -128,6 +128,16 @@ mod tests {
         assert!(check(&s).is_err());
         let mut s = spec();
         s.scopes = vec!["documents:read".into()];
-        assert!(check(&s).is_err(), "scopes are for service clients");
+        assert!(
+            check(&s).is_ok(),
+            "a code-flow client bounded to some scopes"
+        );
+        s.scopes = vec!["root".into()];
+        assert!(check(&s).is_err(), "only keel scopes");
+        let mut s = spec();
+        s.confidential = true;
+        s.redirect_uris.clear();
+        s.grant_types = vec![GRANT_CLIENT_CREDENTIALS.into()];
+        assert!(check(&s).is_err(), "a service client names its scopes");
     }
 }

@@ -22,6 +22,12 @@ pub fn client_sid(client_id: &str) -> String {
     format!("client.{client_id}")
 }
 
+/// The `sub` of client-credentials tokens: `client:<client_id>`, which no user ID (a UUID) can
+/// equal, so a client can never act as a user.
+pub fn client_subject(client_id: &str) -> String {
+    format!("client:{client_id}")
+}
+
 /// The client a client-credentials `sid` names (user sessions never contain a dot).
 pub fn client_of_sid(sid: &str) -> Option<&str> {
     sid.strip_prefix("client.")

@@ -302,6 +302,23 @@ impl Identity {
         }))
     }
 
+    /// The client a refresh token of `tenant` was issued to, if the token is known.
+    pub async fn refresh_token_client(
+        &self,
+        tenant: &TenantId,
+        token: &str,
+    ) -> Result<Option<String>, Error> {
+        Ok(sqlx::query_scalar(
+            "SELECT f.client_id FROM refresh_tokens t
+             JOIN refresh_families f ON f.tenant_id = t.tenant_id AND f.family_id = t.family_id
+             WHERE t.token_hash = $1 AND t.tenant_id = $2",
+        )
+        .bind(hash_token(token))
+        .bind(tenant.as_str())
+        .fetch_optional(self.shards.pool(tenant))
+        .await?)
+    }
+
     /// The username of a user ID (for userinfo's `preferred_username`).
     pub async fn username(&self, tenant: &TenantId, sub: &str) -> Result<Option<String>, Error> {
         let Ok(user) = Uuid::try_parse(sub) else {

@@ -511,6 +511,12 @@ impl pb::identity_admin_server::IdentityAdmin for IdentityAdminService {
             .clients
             .put(&tenant, &spec, r.rotate_secret)
             .await?;
+        if changed {
+            // A re-enabled client's tokens work again.
+            self.identity
+                .unpublish_revocation(&tenant, &client_sid(&client.spec.client_id))
+                .await?;
+        }
         Ok(Response::new(pb::PutClientResponse {
             client: Some(client_pb(client)),
             client_secret: secret.unwrap_or_default(),
@@ -536,9 +542,13 @@ impl pb::identity_admin_server::IdentityAdmin for IdentityAdminService {
         let tenant = self.admit(req.metadata(), &req.get_ref().tenant_id).await?;
         let r = req.into_inner();
         let client = self.identity.clients.disable(&tenant, &r.client_id).await?;
-        // Its client-credentials tokens die with it, at the gateway too.
+        // Its client-credentials tokens die with it, at the gateway too, and so do the user
+        // sessions it holds.
         self.identity
             .publish_revocation(&tenant, &client_sid(&r.client_id))
+            .await?;
+        self.identity
+            .end_client_sessions(&tenant, &r.client_id)
             .await?;
         Ok(Response::new(client_pb(client)))
     }

@@ -603,9 +603,10 @@ impl Identity {
     ) -> String {
         let claims = AccessClaims {
             iss: keel_token::issuer(&self.issuer_base, tenant),
-            // Client-credentials tokens are about the client itself (RFC 9068 §2.2).
+            // Client-credentials tokens are about the client itself (RFC 9068 §2.2), under a
+            // subject no user ID can equal (so no client can act as a user).
             sub: match crate::clients::client_of_sid(&s.sid) {
-                Some(client) => client.to_owned(),
+                Some(client) => crate::clients::client_subject(client),
                 None => s.user_id.to_string(),
             },
             aud: keel_token::audience(tenant),
@@ -717,15 +718,26 @@ impl Identity {
         let state: String = fam.try_get("state")?;
         let revoked_at: Option<DateTime<Utc>> = fam.try_get("revoked_at")?;
         let disabled: bool = fam.try_get("disabled")?;
-        let confidential: Option<bool> = sqlx::query_scalar(
-            "SELECT secret_hash IS NOT NULL FROM oauth_clients WHERE tenant_id = $1 AND client_id = $2",
+        // A registered client must still be enabled and allowed to refresh; a confidential one
+        // must have authenticated. (Unregistered IDs are keel's first-party clients.)
+        let registered = sqlx::query(
+            "SELECT secret_hash IS NOT NULL AS confidential, disabled, 'refresh_token' = ANY(grant_types) AS refresh_ok
+             FROM oauth_clients WHERE tenant_id = $1 AND client_id = $2",
         )
         .bind(tenant.as_str())
         .bind(&fam_client)
         .fetch_optional(&mut *tx)
         .await?;
+        let client_ok = match &registered {
+            None => true,
+            Some(r) => {
+                !r.try_get::<bool, _>("disabled")?
+                    && r.try_get::<bool, _>("refresh_ok")?
+                    && (!r.try_get::<bool, _>("confidential")? || client_authenticated)
+            }
+        };
         let usable = state == "active"
-            && (confidential != Some(true) || client_authenticated)
+            && client_ok
             && revoked_at.is_none()
             && !disabled
             && now < idle.timestamp()
@@ -872,6 +884,24 @@ impl Identity {
 
     /// Tells resource servers the session is dead: its access tokens stop working at once,
     /// for as long as any of them could still be unexpired.
+    /// Takes a revocation back (a re-enabled client's `sid`).
+    pub(crate) async fn unpublish_revocation(
+        &self,
+        tenant: &TenantId,
+        sid: &str,
+    ) -> Result<(), Error> {
+        let mut conn = self
+            .redis
+            .get()
+            .await
+            .map_err(|e| Error::Redis(e.to_string()))?;
+        redis::cmd("DEL")
+            .arg(self.redis_key(tenant, "revoked", sid))
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| Error::Redis(e.to_string()))
+    }
+
     pub(crate) async fn publish_revocation(
         &self,
         tenant: &TenantId,

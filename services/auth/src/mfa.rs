@@ -110,6 +110,9 @@ impl Identity {
         };
         meta.insert("authorization", v);
         match self.authenticate(&meta).await {
+            // A client-credentials token stands for its client, not a session: revoking it
+            // would lock the client out; it expires within minutes, or ends with the client.
+            Ok(v) if crate::clients::client_of_sid(&v.claims.sid).is_some() => Ok(()),
             Ok(v) if &v.tenant == tenant => self.end_session(tenant, &v.claims.sid).await,
             Ok(_) | Err(Error::InvalidCredentials) => Ok(()),
             Err(e) => Err(e),
@@ -158,12 +161,20 @@ impl Identity {
     ) -> Result<&'static str, Error> {
         let mut conn = self.redis.get().await.map_err(redis_err)?;
         let fail_key = self.redis_key(tenant, "mfa-fail", &user.to_string());
-        let failures: Option<i64> = redis::cmd("GET")
+        // Reserve the attempt before checking the code: of N parallel guesses, those past
+        // the limit are refused without a look at the code. A success gives the attempt back.
+        let (attempts,): (i64,) = redis::pipe()
+            .atomic()
+            .cmd("INCR")
             .arg(&fail_key)
+            .cmd("EXPIRE")
+            .arg(&fail_key)
+            .arg(MFA_FAILURE_WINDOW_SECS)
+            .ignore()
             .query_async(&mut conn)
             .await
             .map_err(redis_err)?;
-        if failures.unwrap_or(0) >= MAX_MFA_FAILURES {
+        if attempts > MAX_MFA_FAILURES {
             tracing::warn!(tenant = %tenant, user_id = %user, "second factor refused: too many failures");
             return Err(Error::InvalidCredentials);
         }
@@ -224,18 +235,7 @@ impl Identity {
                 == 1
         };
         if !accepted {
-            let _: i64 = redis::pipe()
-                .atomic()
-                .cmd("INCR")
-                .arg(&fail_key)
-                .cmd("EXPIRE")
-                .arg(&fail_key)
-                .arg(MFA_FAILURE_WINDOW_SECS)
-                .ignore()
-                .query_async::<(i64,)>(&mut conn)
-                .await
-                .map_err(redis_err)?
-                .0;
+            // The reserved attempt stays counted.
             return Err(Error::InvalidCredentials);
         }
         let _: () = redis::cmd("DEL")
@@ -616,6 +616,25 @@ impl Identity {
             Some(false) => Ok(()),
             None => Err(Error::UnknownSession(sid.chars().take(64).collect())),
         }
+    }
+
+    /// Ends every user session a client holds (when it is disabled).
+    pub async fn end_client_sessions(
+        &self,
+        tenant: &TenantId,
+        client_id: &str,
+    ) -> Result<u32, Error> {
+        let sids: Vec<String> = sqlx::query_scalar(
+            "SELECT sid FROM sessions WHERE tenant_id = $1 AND client_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(tenant.as_str())
+        .bind(client_id)
+        .fetch_all(self.shards.pool(tenant))
+        .await?;
+        for sid in &sids {
+            self.end_session(tenant, sid).await?;
+        }
+        Ok(sids.len() as u32)
     }
 
     /// Ends every session of a user, by username (operators and tenant admins).

@@ -36,8 +36,15 @@ const DIRECTORY_TIMEOUT: Duration = Duration::from_secs(2);
 const KEY_REFRESH: Duration = Duration::from_secs(2);
 /// An unknown kid is asked about again only after this long (no refetch storms per kid)...
 const UNKNOWN_KID_TTL: Duration = Duration::from_secs(5);
-/// ...and at most this many key fetches happen per second overall (no storms across kids).
-const KEY_FETCHES_PER_SECOND: u32 = 20;
+/// ...and at most this many fetches of unknown kids happen per second overall (no storms
+/// across made-up kids)...
+const UNKNOWN_KID_FETCHES_PER_SECOND: u32 = 20;
+/// ...while refreshes of known keys have a budget of their own, so made-up kids cannot stop the
+/// gateway from learning that a real key was revoked.
+const KNOWN_KEY_REFRESHES_PER_SECOND: u32 = 200;
+/// A known key not confirmed by auth for this long is not used: past its refresh budget, or
+/// while auth cannot be reached, the gateway refuses rather than trust a possibly revoked key.
+const KEY_MAX_STALENESS: Duration = Duration::from_secs(600);
 /// A session seen not revoked is trusted for this long before Redis is asked again.
 const SESSION_CHECK_TTL: Duration = Duration::from_millis(500);
 /// Step-up methods need an MFA no older than this (RFC 9470 `max_age`) unless the tenant's
@@ -67,7 +74,17 @@ fn step_up_age(route_step_up: bool, scope: &str, rules: &HashMap<String, i64>) -
 struct KeyCache {
     entries: HashMap<String, (Instant, Option<KeyRecord>)>,
     window: Instant,
-    fetches: u32,
+    unknown_fetches: u32,
+    known_refreshes: u32,
+}
+
+impl KeyCache {
+    /// Is `kid` a known key confirmed by auth within `KEY_MAX_STALENESS`?
+    fn usable_stale(&self, kid: &str) -> bool {
+        self.entries
+            .get(kid)
+            .is_some_and(|(at, k)| k.is_some() && at.elapsed() < KEY_MAX_STALENESS)
+    }
 }
 
 impl KeySource for KeyCache {
@@ -152,7 +169,8 @@ impl AuthGate {
             keys: Mutex::new(KeyCache {
                 entries: HashMap::new(),
                 window: Instant::now(),
-                fetches: 0,
+                unknown_fetches: 0,
+                known_refreshes: 0,
             }),
             sessions: Mutex::new(HashMap::new()),
             clock: SystemClock,
@@ -216,23 +234,36 @@ impl AuthGate {
             let Ok(mut cache) = self.keys.lock() else {
                 return Err(unavailable("key cache"));
             };
-            let fresh = match cache.entries.get(kid) {
-                Some((at, Some(_))) => at.elapsed() < KEY_REFRESH,
-                Some((at, None)) => at.elapsed() < UNKNOWN_KID_TTL,
-                None => false,
+            let (fresh, known) = match cache.entries.get(kid) {
+                Some((at, Some(_))) => (at.elapsed() < KEY_REFRESH, true),
+                Some((at, None)) => (at.elapsed() < UNKNOWN_KID_TTL, false),
+                None => (false, false),
             };
             if fresh {
                 return Ok(());
             }
             if cache.window.elapsed() >= Duration::from_secs(1) {
                 cache.window = Instant::now();
-                cache.fetches = 0;
+                cache.unknown_fetches = 0;
+                cache.known_refreshes = 0;
             }
-            if cache.fetches >= KEY_FETCHES_PER_SECOND {
-                // Over budget: use what we have (a known key keeps working until refreshed).
-                return Ok(());
+            if known {
+                if cache.known_refreshes >= KNOWN_KEY_REFRESHES_PER_SECOND {
+                    // Over budget: a recently confirmed key keeps working a while.
+                    return if cache.usable_stale(kid) {
+                        Ok(())
+                    } else {
+                        Err(unavailable("auth"))
+                    };
+                }
+                cache.known_refreshes += 1;
+            } else {
+                if cache.unknown_fetches >= UNKNOWN_KID_FETCHES_PER_SECOND {
+                    // Over budget: the kid stays unknown (the token is refused).
+                    return Ok(());
+                }
+                cache.unknown_fetches += 1;
             }
-            cache.fetches += 1;
         }
         let mut req = tonic::Request::new(keel_proto::auth::GetVerificationKeyRequest {
             kid: kid.to_owned(),
@@ -265,11 +296,11 @@ impl AuthGate {
             Err(st) if st.code() == tonic::Code::NotFound => None,
             Err(st) => {
                 tracing::warn!(code = ?st.code(), message = st.message(), "key directory unavailable");
-                // Keep serving with a key we already know; refuse only what we cannot check.
+                // Keep serving with a key auth confirmed recently; refuse what we cannot check.
                 let known = self
                     .keys
                     .lock()
-                    .map(|c| c.entries.get(kid).is_some_and(|(_, k)| k.is_some()))
+                    .map(|c| c.usable_stale(kid))
                     .unwrap_or(false);
                 return if known {
                     Ok(())
@@ -283,7 +314,8 @@ impl AuthGate {
                 &mut cache.entries,
                 kid.to_owned(),
                 (Instant::now(), fetched),
-                |_, (at, _)| at.elapsed() < KEY_REFRESH,
+                // Known keys survive a flood of made-up kids; unknown ones go first.
+                |_, (at, k)| k.is_some() && at.elapsed() < KEY_MAX_STALENESS,
             );
         }
         Ok(())

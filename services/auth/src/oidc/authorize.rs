@@ -76,7 +76,9 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
             (header::X_FRAME_OPTIONS, "DENY"),
             (
                 header::CONTENT_SECURITY_POLICY,
-                "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+                // No form-action: Chrome and Safari apply it to the redirect after the form (to
+                // the client), which would stop the flow.
+                "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
             ),
             (header::REFERRER_POLICY, "no-referrer"),
         ],
@@ -374,6 +376,24 @@ pub async fn start(
         let e = OAuthError::new(ErrorCode::InvalidScope, format!("unknown scope {s:?}"));
         return redirect_error(&id, &tenant, &req.redirect_uri, req.state(), &e);
     }
+    // A client registered with scopes may ask for those alone (and gets them when it names
+    // none); the user's roles narrow the grant further at issuance.
+    let mut scope = checked.scope.clone();
+    if !client.spec.scopes.is_empty() {
+        if let Some(s) = scope
+            .iter()
+            .find(|s| !OIDC_SCOPES.contains(&s.as_str()) && !client.spec.scopes.contains(s))
+        {
+            let e = OAuthError::new(
+                ErrorCode::InvalidScope,
+                format!("scope {s:?} is not registered for this client"),
+            );
+            return redirect_error(&id, &tenant, &req.redirect_uri, req.state(), &e);
+        }
+        if scope.is_empty() {
+            scope = client.spec.scopes.clone();
+        }
+    }
     let cookie = match random_b64() {
         Ok(c) => c,
         Err(e) => return unavailable_page(&e),
@@ -382,7 +402,7 @@ pub async fn start(
         request: CodeRequest {
             client_id: checked.client_id,
             redirect_uri: checked.redirect_uri,
-            scope: checked.scope.join(" "),
+            scope: scope.join(" "),
             nonce: checked.nonce,
             code_challenge: checked.code_challenge,
         },

@@ -185,9 +185,11 @@ fn form_and_client(
     Ok((tenant, form, auth))
 }
 
-/// RFC 7009: a refresh token ends its family and session, an access token its session (or,
-/// for a client-credentials token, nothing: those expire within minutes and end with their
-/// client). Always 200 for tokens it does not know.
+/// RFC 7009: a refresh token ends its family and session, an access token its session (a
+/// client-credentials token is left to expire: it stands for its client, which is disabled to
+/// end it). The caller must be the client the token was issued to: authenticated, for a
+/// confidential client's tokens (§2.1). Always 200 for tokens it does not know; unknown hints
+/// are ignored (§2.1: the server extends its search).
 pub async fn revoke(
     State(id): State<Identity>,
     Path(tenant): Path<String>,
@@ -206,21 +208,43 @@ pub async fn revoke(
     let Some(token) = form.take("token") else {
         return oauth_error(&OAuthError::invalid_request("token is required"));
     };
-    if let Some(h) = form.get("token_type_hint")
-        && h != "refresh_token"
-        && h != "access_token"
-    {
+    let refresh = token.starts_with("rt1.");
+    let token_client = if refresh {
+        if token.split('.').nth(1) != Some(tenant.as_str()) {
+            return StatusCode::OK.into_response();
+        }
+        id.refresh_token_client(&tenant, &token).await
+    } else {
+        match id.verify_access_token(&token).await {
+            Ok(v) if v.tenant == tenant => Ok(Some(v.claims.client_id)),
+            Ok(_) | Err(Error::InvalidCredentials) => Ok(None),
+            Err(e) => Err(e),
+        }
+    };
+    let token_client = match token_client {
+        Ok(Some(c)) => c,
+        Ok(None) => return StatusCode::OK.into_response(),
+        Err(e) => return unavailable(&e),
+    };
+    let confidential = match id.clients.get(&tenant, &token_client).await {
+        Ok(c) => c.is_some_and(|c| c.spec.confidential),
+        Err(e) => return unavailable(&e),
+    };
+    let owner = match &auth {
+        Some(ClientAuth::Secret { client_id, .. }) => *client_id == token_client,
+        _ if confidential => false,
+        Some(ClientAuth::None { client_id }) => *client_id == token_client,
+        // A public or first-party client's token: holding it is the proof.
+        None => true,
+    };
+    if !owner {
         return oauth_error(&OAuthError::new(
-            ErrorCode::UnsupportedTokenType,
-            "hint must be refresh_token or access_token",
+            ErrorCode::UnauthorizedClient,
+            "the token was not issued to this client",
         ));
     }
-    let result = if token.starts_with("rt1.") {
-        if token.split('.').nth(1) == Some(tenant.as_str()) {
-            id.logout(&token).await
-        } else {
-            Ok(())
-        }
+    let result = if refresh {
+        id.logout(&token).await
     } else {
         id.revoke_access_token(&tenant, &token).await
     };
