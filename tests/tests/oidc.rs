@@ -927,3 +927,78 @@ async fn unsafe_client_registrations_are_refused_with_the_reason() {
     );
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_confidential_clients_refresh_token_needs_its_secret_and_is_not_burned_without_it() {
+    let stack = stack_with_user(&["member"]).await;
+    let mut server = web_client("acme");
+    server.client_id = "server".into();
+    server.confidential = true;
+    let secret = stack.put_client(server).await.unwrap();
+    let query = authorize_query(&[("client_id", "server")]);
+    let code = sign_in(&stack, &query).await;
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("server:{secret}"))
+    );
+    let form = |grant: &[(&str, &str)]| encode(grant);
+    let t = http_request(
+        stack.auth_http(),
+        "POST",
+        "/t/acme/token",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Authorization", &basic),
+        ],
+        form(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", VERIFIER),
+        ])
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(t.status, 200, "{}", t.text());
+    let rt = t.json()["refresh_token"].as_str().unwrap().to_owned();
+    // Without the secret: invalid_client, and the token is still good.
+    for body in [
+        form(&[("grant_type", "refresh_token"), ("refresh_token", &rt)]),
+        form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &rt),
+            ("client_id", "server"),
+        ]),
+    ] {
+        let r = http_request(
+            stack.auth_http(),
+            "POST",
+            "/t/acme/token",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            body.as_bytes(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (r.status, r.json()["error"].as_str()),
+            (401, Some("invalid_client")),
+            "{}",
+            r.text()
+        );
+    }
+    let r = http_request(
+        stack.auth_http(),
+        "POST",
+        "/t/acme/token",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Authorization", &basic),
+        ],
+        form(&[("grant_type", "refresh_token"), ("refresh_token", &rt)]).as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    stack.shutdown().await;
+}

@@ -728,13 +728,17 @@ impl Identity {
         .bind(&fam_client)
         .fetch_optional(&mut *tx)
         .await?;
+        if let Some(r) = &registered
+            && r.try_get::<bool, _>("confidential")?
+            && !client_authenticated
+        {
+            // Not the client's fault to punish: refuse without touching the family (the
+            // transaction rolls back, the token stays active).
+            return Err(Error::InvalidClient);
+        }
         let client_ok = match &registered {
             None => true,
-            Some(r) => {
-                !r.try_get::<bool, _>("disabled")?
-                    && r.try_get::<bool, _>("refresh_ok")?
-                    && (!r.try_get::<bool, _>("confidential")? || client_authenticated)
-            }
+            Some(r) => !r.try_get::<bool, _>("disabled")? && r.try_get::<bool, _>("refresh_ok")?,
         };
         let usable = state == "active"
             && client_ok

@@ -135,6 +135,7 @@ pub async fn token(
                     "refresh_token": i.refresh_token,
                     "scope": i.scope,
                 })),
+                Err(Error::InvalidClient) => invalid_client(),
                 Err(Error::InvalidGrant) => invalid_grant(),
                 Err(e) => unavailable(&e),
             }
