@@ -3,7 +3,10 @@
 //! (same messages) on behalf of the caller's tenant, with our deadline. Errors keep their reason across the
 //! hop.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keel_resilience::{Breaker, RetryBudget, RetryPolicy};
 
 use keel_proto::inference::document_store_client::DocumentStoreClient;
 use keel_proto::public as pb;
@@ -15,28 +18,67 @@ use tonic::{Request, Response, Status};
 pub struct DocumentGateway {
     inference: DocumentStoreClient<Channel>,
     timeout: Duration,
+    breaker: Arc<Breaker>,
+    budget: RetryBudget,
+    policy: RetryPolicy,
 }
 
 impl DocumentGateway {
-    pub fn new(inference: Channel, timeout: Duration) -> Self {
+    pub fn new(inference: Channel, timeout: Duration, breaker: Arc<Breaker>) -> Self {
         DocumentGateway {
             inference: DocumentStoreClient::new(inference),
             timeout,
+            breaker,
+            // Retries add at most 20 % to the traffic, plus 10 a second (so a quiet gateway can
+            // still ride out one blip).
+            budget: RetryBudget::new(0.2, 10.0),
+            policy: RetryPolicy::default(),
         }
     }
 
-    /// The upstream request: the caller's tenant, trace and correlation, and our deadline (or the
-    /// client's, when it is shorter).
-    fn upstream<T>(&self, req: Request<T>) -> Result<Request<T>, Status> {
+    /// Forwards one call to inference on behalf of the caller's tenant, with the client's
+    /// deadline (or ours, when shorter) over all attempts, through the breaker; retried only
+    /// when `idempotent`.
+    async fn forward<M, R, F, Fut>(
+        &self,
+        req: Request<M>,
+        idempotent: bool,
+        call: F,
+    ) -> Result<Response<R>, Status>
+    where
+        M: Clone,
+        F: Fn(DocumentStoreClient<Channel>, Request<M>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<R>, Status>>,
+    {
         let tenant = caller(&req)?.tenant.clone();
         let client_deadline = req
             .metadata()
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout);
-        let mut up = outgoing(req.into_inner(), &tenant);
-        up.set_timeout(client_deadline.map_or(self.timeout, |d| d.min(self.timeout)));
-        Ok(up)
+        let deadline =
+            Instant::now() + client_deadline.map_or(self.timeout, |d| d.min(self.timeout));
+        let msg = req.into_inner();
+        keel_resilience::call(
+            &self.breaker,
+            &self.budget,
+            &self.policy,
+            idempotent,
+            || {
+                keel_errors::status(
+                    keel_errors::Reason::Unavailable,
+                    "inference is failing; calls are refused for a few seconds (circuit open)",
+                    vec![("dependency", "inference".into())],
+                )
+            },
+            || {
+                let mut up = outgoing(msg.clone(), &tenant);
+                up.set_timeout(deadline.saturating_duration_since(Instant::now()));
+                call(self.inference.clone(), up)
+            },
+        )
+        .await
+        .map_err(keel_errors::forward)
     }
 }
 
@@ -68,60 +110,57 @@ impl pb::document_service_server::DocumentService for DocumentGateway {
         &self,
         req: Request<pb::CreateDocumentRequest>,
     ) -> Result<Response<pb::Document>, Status> {
-        let up = self.upstream(req)?;
-        self.inference
-            .clone()
-            .create_document(up)
-            .await
-            .map_err(keel_errors::forward)
+        // A create is retried only with an idempotency key: without one a retry could create
+        // the document twice.
+        let idempotent = !req.get_ref().idempotency_key.is_empty();
+        self.forward(req, idempotent, |mut c, r| async move {
+            c.create_document(r).await
+        })
+        .await
     }
 
     async fn get_document(
         &self,
         req: Request<pb::GetDocumentRequest>,
     ) -> Result<Response<pb::Document>, Status> {
-        let up = self.upstream(req)?;
-        self.inference
-            .clone()
-            .get_document(up)
+        self.forward(req, true, |mut c, r| async move { c.get_document(r).await })
             .await
-            .map_err(keel_errors::forward)
     }
 
     async fn list_documents(
         &self,
         req: Request<pb::ListDocumentsRequest>,
     ) -> Result<Response<pb::ListDocumentsResponse>, Status> {
-        let up = self.upstream(req)?;
-        self.inference
-            .clone()
-            .list_documents(up)
-            .await
-            .map_err(keel_errors::forward)
+        self.forward(
+            req,
+            true,
+            |mut c, r| async move { c.list_documents(r).await },
+        )
+        .await
     }
 
     async fn update_document(
         &self,
         req: Request<pb::UpdateDocumentRequest>,
     ) -> Result<Response<pb::Document>, Status> {
-        let up = self.upstream(req)?;
-        self.inference
-            .clone()
-            .update_document(up)
-            .await
-            .map_err(keel_errors::forward)
+        self.forward(
+            req,
+            false,
+            |mut c, r| async move { c.update_document(r).await },
+        )
+        .await
     }
 
     async fn delete_document(
         &self,
         req: Request<pb::DeleteDocumentRequest>,
     ) -> Result<Response<pb::DeleteDocumentResponse>, Status> {
-        let up = self.upstream(req)?;
-        self.inference
-            .clone()
-            .delete_document(up)
-            .await
-            .map_err(keel_errors::forward)
+        self.forward(
+            req,
+            false,
+            |mut c, r| async move { c.delete_document(r).await },
+        )
+        .await
     }
 }
 

@@ -42,6 +42,8 @@ pub struct Config {
     pub redis_fail_closed: bool,
     /// The per-source budget of the anonymous methods (login flows).
     pub anonymous_rate: limits::Rate,
+    /// The circuit breaker in front of inference.
+    pub breaker: keel_resilience::BreakerConfig,
 }
 
 impl Config {
@@ -59,6 +61,15 @@ impl Config {
             upstream_timeout: env
                 .duration("KEEL_GATEWAY_UPSTREAM_TIMEOUT", DEFAULT_UPSTREAM_TIMEOUT)?,
             redis_fail_closed: env.bool("KEEL_GATEWAY_REDIS_FAIL_CLOSED", false)?,
+            breaker: {
+                let d = keel_resilience::BreakerConfig::default();
+                keel_resilience::BreakerConfig {
+                    min_calls: env.or("KEEL_GATEWAY_BREAKER_MIN_CALLS", d.min_calls)?,
+                    open_for: env.duration("KEEL_GATEWAY_BREAKER_OPEN_FOR", d.open_for)?,
+                    slow_call: env.duration("KEEL_GATEWAY_BREAKER_SLOW_CALL", d.slow_call)?,
+                    ..d
+                }
+            },
             anonymous_rate: limits::Rate {
                 per_second: env.or("KEEL_GATEWAY_ANONYMOUS_RATE", limits::ANONYMOUS.per_second)?,
                 burst: env.or("KEEL_GATEWAY_ANONYMOUS_BURST", limits::ANONYMOUS.burst)?,
@@ -101,7 +112,14 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
         .map_err(|e| StartError::Redis(e.to_string()))?;
     let routes = tonic::service::Routes::new(
         keel_proto::public::document_service_server::DocumentServiceServer::new(
-            grpc::DocumentGateway::new(inference.clone(), cfg.upstream_timeout),
+            grpc::DocumentGateway::new(
+                inference.clone(),
+                cfg.upstream_timeout,
+                Arc::new(keel_resilience::Breaker::new(
+                    "inference",
+                    cfg.breaker.clone(),
+                )),
+            ),
         ),
     )
     .add_service(

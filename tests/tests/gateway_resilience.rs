@@ -1,0 +1,237 @@
+//! The gateway in front of a failing inference: retries only for idempotent calls (counted at
+//! a DocumentStore of our own that fails on command), and a circuit breaker that opens, fails
+//! fast, and closes again once inference recovers.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use keel_proto::inference::document_store_server::{DocumentStore, DocumentStoreServer};
+use keel_proto::public as pb;
+use keel_tests::{TestStack, authed, connect, eventually};
+use tonic::{Code, Request, Response, Status};
+
+/// Inference's DocumentStore, answering UNAVAILABLE while told to fail (or for the next
+/// `fail_next` calls), and counting every call it receives.
+#[derive(Default)]
+struct Flaky {
+    calls: AtomicU32,
+    fail_next: AtomicU32,
+    failing: AtomicBool,
+}
+
+impl Flaky {
+    fn answer<T: Default>(&self) -> Result<Response<T>, Status> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let one_off = self
+            .fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if one_off || self.failing.load(Ordering::SeqCst) {
+            return Err(Status::unavailable("injected failure"));
+        }
+        Ok(Response::new(T::default()))
+    }
+}
+
+#[derive(Clone)]
+struct Store(Arc<Flaky>);
+
+#[tonic::async_trait]
+impl DocumentStore for Store {
+    async fn create_document(
+        &self,
+        _: Request<pb::CreateDocumentRequest>,
+    ) -> Result<Response<pb::Document>, Status> {
+        self.0.answer()
+    }
+    async fn get_document(
+        &self,
+        _: Request<pb::GetDocumentRequest>,
+    ) -> Result<Response<pb::Document>, Status> {
+        self.0.answer()
+    }
+    async fn list_documents(
+        &self,
+        _: Request<pb::ListDocumentsRequest>,
+    ) -> Result<Response<pb::ListDocumentsResponse>, Status> {
+        self.0.answer()
+    }
+    async fn update_document(
+        &self,
+        _: Request<pb::UpdateDocumentRequest>,
+    ) -> Result<Response<pb::Document>, Status> {
+        self.0.answer()
+    }
+    async fn delete_document(
+        &self,
+        _: Request<pb::DeleteDocumentRequest>,
+    ) -> Result<Response<pb::DeleteDocumentResponse>, Status> {
+        self.0.answer()
+    }
+}
+
+/// The stack, plus a second gateway whose inference is the flaky store.
+async fn setup() -> (TestStack, keel_runtime::Host, Arc<Flaky>, String) {
+    let stack = TestStack::start().await.unwrap();
+    let token = stack.tenant_token("acme").await.unwrap();
+    let flaky = Arc::new(Flaky::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tonic::transport::Server::builder()
+        .add_service(DocumentStoreServer::new(Store(flaky.clone())))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    #[allow(clippy::disallowed_methods)]
+    tokio::spawn(server);
+    let gateway = keel_gateway::start(
+        keel_gateway::Config::from_env(
+            &stack
+                .env
+                .clone()
+                .with("KEEL_GATEWAY_GRPC_ADDR", "127.0.0.1:0")
+                .with("KEEL_GATEWAY_ADMIN_ADDR", "127.0.0.1:0")
+                .with("KEEL_INFERENCE_URL", format!("http://{addr}"))
+                .with("KEEL_GATEWAY_BREAKER_MIN_CALLS", "10")
+                .with("KEEL_GATEWAY_BREAKER_OPEN_FOR", "500ms"),
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    (stack, gateway, flaky, token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_idempotent_calls_are_retried_and_writes_without_a_key_never() {
+    let (stack, gateway, flaky, token) = setup().await;
+    let mut docs = pb::document_service_client::DocumentServiceClient::new(
+        connect(&format!("http://{}", gateway.grpc_addr()))
+            .await
+            .unwrap(),
+    );
+    let calls = || flaky.calls.swap(0, Ordering::SeqCst);
+
+    // A read rides out one failure.
+    flaky.fail_next.store(1, Ordering::SeqCst);
+    docs.get_document(authed(pb::GetDocumentRequest { id: "x".into() }, &token))
+        .await
+        .unwrap();
+    assert_eq!(calls(), 2, "retried once");
+
+    // A create without an idempotency key is never retried.
+    flaky.fail_next.store(1, Ordering::SeqCst);
+    let create = |key: &str| pb::CreateDocumentRequest {
+        title: "t".into(),
+        content: "c".into(),
+        idempotency_key: key.into(),
+    };
+    let st = docs
+        .create_document(authed(create(""), &token))
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::Unavailable);
+    assert_eq!(
+        calls(),
+        1,
+        "a write without an idempotency key is sent once"
+    );
+
+    // With a key it is safe to repeat.
+    flaky.fail_next.store(1, Ordering::SeqCst);
+    docs.create_document(authed(create("k1"), &token))
+        .await
+        .unwrap();
+    assert_eq!(calls(), 2);
+
+    // Updates and deletes carry no key: never retried.
+    flaky.fail_next.store(1, Ordering::SeqCst);
+    let st = docs
+        .delete_document(authed(
+            pb::DeleteDocumentRequest {
+                id: "x".into(),
+                expected_version: 0,
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::Unavailable);
+    assert_eq!(calls(), 1);
+
+    // Attempts are bounded: a read against a dead store is tried three times, not forever.
+    flaky.failing.store(true, Ordering::SeqCst);
+    let st = docs
+        .get_document(authed(pb::GetDocumentRequest { id: "x".into() }, &token))
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::Unavailable);
+    assert_eq!(calls(), 3);
+    gateway.shutdown().await;
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_breaker_opens_on_failures_fails_fast_and_closes_when_inference_recovers() {
+    let (stack, gateway, flaky, token) = setup().await;
+    let mut docs = pb::document_service_client::DocumentServiceClient::new(
+        connect(&format!("http://{}", gateway.grpc_addr()))
+            .await
+            .unwrap(),
+    );
+    let update = || {
+        authed(
+            pb::UpdateDocumentRequest {
+                id: "x".into(),
+                title: "t".into(),
+                content: "c".into(),
+                expected_version: 1,
+            },
+            &token,
+        )
+    };
+    flaky.failing.store(true, Ordering::SeqCst);
+    // Writes (sent once each) until the breaker has seen enough failures to open.
+    let mut open_reason = None;
+    for _ in 0..30 {
+        let st = docs.update_document(update()).await.unwrap_err();
+        assert_eq!(st.code(), Code::Unavailable);
+        if st.message().contains("circuit open") {
+            open_reason = Some(keel_tests::detail(&st, "dependency"));
+            break;
+        }
+    }
+    assert_eq!(
+        open_reason,
+        Some(Some("inference".into())),
+        "the breaker opened"
+    );
+    // Open: refused at the gateway, inference is left alone.
+    let before = flaky.calls.load(Ordering::SeqCst);
+    for _ in 0..5 {
+        assert!(docs.update_document(update()).await.is_err());
+    }
+    assert_eq!(
+        flaky.calls.load(Ordering::SeqCst),
+        before,
+        "no calls while open"
+    );
+
+    // Inference recovers: after the pause, probes succeed and the breaker closes.
+    flaky.failing.store(false, Ordering::SeqCst);
+    eventually(Duration::from_secs(10), "breaker closed", || async {
+        let mut docs = docs.clone();
+        let mut ok = 0;
+        for _ in 0..5 {
+            if docs.update_document(update()).await.is_ok() {
+                ok += 1;
+            }
+        }
+        Ok((ok == 5).then_some(()))
+    })
+    .await
+    .unwrap();
+    gateway.shutdown().await;
+    stack.shutdown().await;
+}
