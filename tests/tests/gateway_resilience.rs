@@ -20,11 +20,23 @@ struct Flaky {
     calls: AtomicU32,
     fail_next: AtomicU32,
     failing: AtomicBool,
+    /// Each call takes this long (ms).
+    delay_ms: std::sync::atomic::AtomicU64,
+    /// The most calls seen in progress at once.
+    in_progress: AtomicU32,
+    peak: AtomicU32,
 }
 
 impl Flaky {
-    fn answer<T: Default>(&self) -> Result<Response<T>, Status> {
+    async fn answer<T: Default>(&self) -> Result<Response<T>, Status> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        let now = self.in_progress.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        let delay = self.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        self.in_progress.fetch_sub(1, Ordering::SeqCst);
         let one_off = self
             .fail_next
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -45,36 +57,42 @@ impl DocumentStore for Store {
         &self,
         _: Request<pb::CreateDocumentRequest>,
     ) -> Result<Response<pb::Document>, Status> {
-        self.0.answer()
+        self.0.answer().await
     }
     async fn get_document(
         &self,
         _: Request<pb::GetDocumentRequest>,
     ) -> Result<Response<pb::Document>, Status> {
-        self.0.answer()
+        self.0.answer().await
     }
     async fn list_documents(
         &self,
         _: Request<pb::ListDocumentsRequest>,
     ) -> Result<Response<pb::ListDocumentsResponse>, Status> {
-        self.0.answer()
+        self.0.answer().await
     }
     async fn update_document(
         &self,
         _: Request<pb::UpdateDocumentRequest>,
     ) -> Result<Response<pb::Document>, Status> {
-        self.0.answer()
+        self.0.answer().await
     }
     async fn delete_document(
         &self,
         _: Request<pb::DeleteDocumentRequest>,
     ) -> Result<Response<pb::DeleteDocumentResponse>, Status> {
-        self.0.answer()
+        self.0.answer().await
     }
 }
 
 /// The stack, plus a second gateway whose inference is the flaky store.
 async fn setup() -> (TestStack, keel_runtime::Host, Arc<Flaky>, String) {
+    setup_with(|e| e).await
+}
+
+async fn setup_with(
+    customize: impl FnOnce(keel_config::Env) -> keel_config::Env,
+) -> (TestStack, keel_runtime::Host, Arc<Flaky>, String) {
     let stack = TestStack::start().await.unwrap();
     let token = stack.tenant_token("acme").await.unwrap();
     let flaky = Arc::new(Flaky::default());
@@ -86,8 +104,8 @@ async fn setup() -> (TestStack, keel_runtime::Host, Arc<Flaky>, String) {
     #[allow(clippy::disallowed_methods)]
     tokio::spawn(server);
     let gateway = keel_gateway::start(
-        keel_gateway::Config::from_env(
-            &stack
+        keel_gateway::Config::from_env(&customize(
+            stack
                 .env
                 .clone()
                 .with("KEEL_GATEWAY_GRPC_ADDR", "127.0.0.1:0")
@@ -95,7 +113,7 @@ async fn setup() -> (TestStack, keel_runtime::Host, Arc<Flaky>, String) {
                 .with("KEEL_INFERENCE_URL", format!("http://{addr}"))
                 .with("KEEL_GATEWAY_BREAKER_MIN_CALLS", "10")
                 .with("KEEL_GATEWAY_BREAKER_OPEN_FOR", "500ms"),
-        )
+        ))
         .unwrap(),
     )
     .await
@@ -232,6 +250,57 @@ async fn the_breaker_opens_on_failures_fails_fast_and_closes_when_inference_reco
     })
     .await
     .unwrap();
+    gateway.shutdown().await;
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn beyond_its_in_flight_bound_the_gateway_refuses_at_once_instead_of_queueing() {
+    let (stack, gateway, flaky, token) =
+        setup_with(|e| e.with("KEEL_GATEWAY_MAX_IN_FLIGHT", "4")).await;
+    flaky.delay_ms.store(400, Ordering::SeqCst);
+    let url = format!("http://{}", gateway.grpc_addr());
+    let calls = (0..12).map(|_| {
+        let url = url.clone();
+        let token = token.clone();
+        async move {
+            let mut docs = pb::document_service_client::DocumentServiceClient::new(
+                connect(&url).await.unwrap(),
+            );
+            let started = std::time::Instant::now();
+            let r = docs
+                .list_documents(authed(pb::ListDocumentsRequest::default(), &token))
+                .await;
+            (r.map(|_| ()), started.elapsed())
+        }
+    });
+    // Health is asked while the calls are in flight.
+    let (results, health) = tokio::join!(futures::future::join_all(calls), async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        keel_tests::health_status(&url).await
+    });
+    let served = results.iter().filter(|(r, _)| r.is_ok()).count();
+    let shed: Vec<_> = results
+        .iter()
+        .filter_map(|(r, t)| r.as_ref().err().map(|st| (st, *t)))
+        .collect();
+    assert!((1..=4).contains(&served), "served {served}");
+    assert_eq!(served + shed.len(), 12);
+    for (st, took) in &shed {
+        assert_eq!(st.code(), Code::Unavailable);
+        assert_eq!(
+            keel_tests::detail(st, "cause").as_deref(),
+            Some("overloaded")
+        );
+        assert!(
+            *took < Duration::from_millis(300),
+            "refused at once, not queued: {took:?}"
+        );
+    }
+    assert!(flaky.peak.load(Ordering::SeqCst) <= 4);
+    // Health still answered while the server shed load (NOT_SERVING here: the flaky store has
+    // no health service, but the answer came).
+    assert!(health.is_ok(), "{health:?}");
     gateway.shutdown().await;
     stack.shutdown().await;
 }

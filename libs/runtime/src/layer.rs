@@ -63,6 +63,8 @@ pub struct RequestLayer {
     service: &'static str,
     trust_tenant_header: bool,
     gate: Option<Arc<dyn Gate>>,
+    /// Load shedding: calls beyond this many in flight are refused at once (never queued).
+    in_flight: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl RequestLayer {
@@ -70,13 +72,20 @@ impl RequestLayer {
         service: &'static str,
         trust_tenant_header: bool,
         gate: Option<Arc<dyn Gate>>,
+        max_in_flight: Option<usize>,
     ) -> Self {
         RequestLayer {
             service,
             trust_tenant_header,
             gate,
+            in_flight: max_in_flight.map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1)))),
         }
     }
+}
+
+/// Health and reflection answer even when the server sheds load.
+fn exempt_from_shedding(path: &str) -> bool {
+    path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
 }
 
 impl<S> Layer<S> for RequestLayer {
@@ -155,6 +164,23 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let service = self.cfg.service;
         let gate = self.cfg.gate.clone();
+        let slot = match &self.cfg.in_flight {
+            Some(sem) if !exempt_from_shedding(&path) => match sem.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    metrics::counter!("keel_rpc_shed_total", "service" => service).increment(1);
+                    let mut st = keel_errors::status(
+                        keel_errors::Reason::Unavailable,
+                        "the server is at capacity; retry shortly",
+                        vec![("cause", "overloaded".into())],
+                    );
+                    st.metadata_mut()
+                        .insert("retry-after", tonic::metadata::MetadataValue::from(1u32));
+                    return Box::pin(std::future::ready(Ok(st.into_http::<RB>())));
+                }
+            },
+            _ => None,
+        };
         let method = rpc_method.to_owned();
         let fut = async move {
             let started = Instant::now();
@@ -211,6 +237,7 @@ where
                 r
             });
             in_flight.decrement(1.0);
+            drop(slot);
             let code = match &res {
                 // Errors before the body are "trailers-only": grpc-status is in the headers.
                 Ok(r) => r

@@ -50,6 +50,8 @@ pub struct HostConfig {
     pub admin_addr: SocketAddr,
     pub shutdown_grace: Duration,
     pub readiness_interval: Duration,
+    /// Load shedding: gRPC calls in flight beyond this are refused at once (`None`: no bound).
+    pub max_in_flight: Option<usize>,
 }
 
 impl HostConfig {
@@ -70,6 +72,7 @@ impl HostConfig {
                 SocketAddr::from(([127, 0, 0, 1], default_admin_port)),
             )?,
             shutdown_grace: env.duration("KEEL_SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE)?,
+            max_in_flight: env.optional(&format!("{prefix}_MAX_IN_FLIGHT"))?,
             readiness_interval: env
                 .duration("KEEL_READINESS_INTERVAL", DEFAULT_READINESS_INTERVAL)?,
         })
@@ -140,7 +143,12 @@ impl Host {
             routes = routes.add_service(r);
         }
         let token = tasks.token();
-        let layer = layer::RequestLayer::new(spec.name, spec.trust_tenant_header, spec.gate);
+        let layer = layer::RequestLayer::new(
+            spec.name,
+            spec.trust_tenant_header,
+            spec.gate,
+            cfg.max_in_flight,
+        );
         tasks.spawn("grpc-server", async move {
             // Small gRPC frames must leave at once: without TCP_NODELAY, Nagle's algorithm and
             // the peer's delayed ACKs hold responses for tens of milliseconds.
