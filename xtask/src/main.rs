@@ -31,6 +31,7 @@ commands:
   test     start an isolated stack and run the whole test suite against it
   stack    start only PostgreSQL, Redis and NATS and print their URLs (Ctrl-C stops them)
   bench auth   token verifications/s/core, refreshes/s and login latency (release build)
+  bench gateway   open-model load, direct vs. through the gateway: overhead, max rate, RSS
   fuzz [TARGET] [SECONDS]   run a cargo-fuzz target (default: every target, 60 s each)
 ";
 
@@ -96,16 +97,32 @@ fn test(extra: &[String]) -> Result<ExitCode> {
 /// `cargo xtask bench auth`: the benchmark binary, in release, against a throwaway stack.
 fn bench(args: &[String]) -> Result<ExitCode> {
     let what = args.first().map(String::as_str);
-    if what != Some("auth") {
-        eprintln!("usage: cargo xtask bench auth");
-        return Ok(ExitCode::from(2));
-    }
+    let bin = match what {
+        Some("auth") => "bench_auth",
+        Some("gateway") => "bench_gateway",
+        _ => {
+            eprintln!("usage: cargo xtask bench auth|gateway");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let root = workspace_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    if bin == "bench_gateway" {
+        // The gateway under test runs as its own release process.
+        let built = Command::new(&cargo)
+            .current_dir(&root)
+            .args(["build", "--quiet", "--release", "-p", "keel-gateway"])
+            .status()
+            .context("building the gateway")?;
+        if !built.success() {
+            return Ok(ExitCode::FAILURE);
+        }
+    }
     let tools = install::ensure(&root)?;
     let dir = stack::TempDir::new("keel-bench")?;
     let stop = stack::install_signal_handler()?;
     let stack = stack::Stack::start(&tools, dir.path(), stack::Profile::Throwaway)?;
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    let mut cmd = Command::new(&cargo);
     cmd.current_dir(&root)
         .args([
             "run",
@@ -114,9 +131,13 @@ fn bench(args: &[String]) -> Result<ExitCode> {
             "-p",
             "keel-tests",
             "--bin",
-            "bench_auth",
+            bin,
         ])
         .env("RUST_LOG", "error")
+        .env(
+            "KEEL_BENCH_GATEWAY_BIN",
+            target_dir(&root).join("release/keel-gateway"),
+        )
         .envs(stack.test_env());
     let status = stack::run_interruptible(&mut cmd, &stop)?;
     drop(stack);
@@ -125,6 +146,14 @@ fn bench(args: &[String]) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Where cargo puts build output (`CARGO_TARGET_DIR`, or `target/`).
+fn target_dir(root: &std::path::Path) -> PathBuf {
+    #[allow(clippy::disallowed_methods)]
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
 }
 
 /// Fuzz targets in `fuzz/` (seed corpora committed under `fuzz/corpus/<target>`).
