@@ -133,8 +133,19 @@ async fn list(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn limits_hold_across_two_gateway_replicas_sharing_redis() {
+    two_replicas("free").await;
+}
+
+/// Pro budgets are large enough for leases (a batch of the budget per replica): the shared
+/// limit still holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leased_limits_hold_across_two_gateway_replicas_too() {
+    two_replicas("pro").await;
+}
+
+async fn two_replicas(tier: &str) {
     let stack = TestStack::start().await.unwrap();
-    let token = tenant_on_tier(&stack, "acme", "free").await;
+    let token = tenant_on_tier(&stack, "acme", tier).await;
     let second = keel_gateway::start(
         keel_gateway::Config::from_env(
             &stack
@@ -153,7 +164,7 @@ async fn limits_hold_across_two_gateway_replicas_sharing_redis() {
             .await
             .unwrap(),
     ];
-    let rate = keel_gateway::limits::tier_limits("free").user;
+    let rate = keel_gateway::limits::tier_limits(tier).user;
     let started = Instant::now();
     let (mut allowed, mut refused) = (0u32, 0u32);
     let mut first_md = None;
@@ -180,10 +191,11 @@ async fn limits_hold_across_two_gateway_replicas_sharing_redis() {
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    // One shared budget: the burst plus what refilled meanwhile, not twice the burst.
+    // One shared budget: the burst plus what refilled meanwhile, not twice the burst (leases
+    // that lapse unused may make it a little less).
     let ceiling = rate.burst as f64 + rate.per_second * elapsed + 1.0;
     assert!(
-        (allowed as f64) <= ceiling && allowed >= rate.burst,
+        (allowed as f64) <= ceiling && allowed >= rate.burst / 2,
         "allowed {allowed} (burst {}, ceiling {ceiling:.1}, {elapsed:.2}s), refused {refused}",
         rate.burst
     );

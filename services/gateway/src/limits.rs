@@ -11,8 +11,14 @@
 //! throttled warning, and returns to Redis as soon as it answers; with `fail_closed` it refuses
 //! instead.
 //!
-//! Costs are in requests today; the same buckets take a token cost (`check` with `cost` > 1,
-//! `refund` to give back what a cancelled or shorter generation did not use) for inference.
+//! **Leases** keep Redis off the hot path for large budgets: a replica takes a small batch of a
+//! caller's budget at once (a twentieth of the smaller burst, so nothing for the free tier) and
+//! spends it locally for at most [`LEASE_TTL`]. Leased calls are charged to the shared buckets
+//! when taken, so replicas together never exceed the limit; an unused lease lapses (stricter,
+//! never looser).
+//!
+//! Costs are in requests today; the same buckets take a token cost (`check` with `cost` > 1)
+//! for inference.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -203,6 +209,19 @@ impl Local {
     }
 }
 
+/// A lease is spent within this long or lapses.
+pub const LEASE_TTL: Duration = Duration::from_millis(250);
+/// Leases are this share of the smallest burst among the buckets (1 means no lease).
+const LEASE_SHARE: u32 = 20;
+
+/// Calls a replica may still make on a lease.
+struct Lease {
+    left: u32,
+    until: Instant,
+    limit: u32,
+    reset: Duration,
+}
+
 /// How often the fallback warns while Redis is away.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -213,6 +232,7 @@ pub struct Limiter {
     anonymous: Rate,
     script: redis::Script,
     local: Mutex<Local>,
+    leases: Mutex<HashMap<String, Lease>>,
     last_warning: Mutex<Option<Instant>>,
 }
 
@@ -231,6 +251,7 @@ impl Limiter {
             anonymous,
             script: redis::Script::new(GCRA),
             local: Mutex::default(),
+            leases: Mutex::default(),
             last_warning: Mutex::new(None),
         }
     }
@@ -262,6 +283,56 @@ impl Limiter {
         keys: &[(String, Rate)],
         cost: u32,
     ) -> Result<(Decision, Source), Unavailable> {
+        let lease_size = keys
+            .iter()
+            .map(|(_, r)| r.burst / LEASE_SHARE)
+            .min()
+            .unwrap_or(0);
+        if cost == 1 && lease_size > 1 {
+            let lease_key = keys
+                .iter()
+                .map(|(k, _)| k.as_str())
+                .collect::<Vec<_>>()
+                .join("|");
+            if let Some(d) = self.spend_lease(&lease_key) {
+                metrics::counter!("keel_gateway_ratelimit_leased_total").increment(1);
+                return Ok((d, Source::Redis));
+            }
+            // Take a new lease (this call included); near the limit, fall back to one call.
+            match self.check_redis(keys, lease_size).await {
+                Ok(Decision::Allowed {
+                    limit,
+                    remaining,
+                    reset,
+                }) => {
+                    metrics::gauge!("keel_gateway_ratelimit_redis_up").set(1.0);
+                    if let Ok(mut leases) = self.leases.lock() {
+                        if leases.len() > 100_000 {
+                            leases.retain(|_, l| l.until > Instant::now());
+                        }
+                        leases.insert(
+                            lease_key,
+                            Lease {
+                                left: lease_size - 1,
+                                until: Instant::now() + LEASE_TTL,
+                                limit,
+                                reset,
+                            },
+                        );
+                    }
+                    return Ok((
+                        Decision::Allowed {
+                            limit,
+                            remaining: remaining + lease_size - 1,
+                            reset,
+                        },
+                        Source::Redis,
+                    ));
+                }
+                Ok(Decision::Denied { .. }) => {}
+                Err(_) => {}
+            }
+        }
         match self.check_redis(keys, cost).await {
             Ok(d) => {
                 metrics::gauge!("keel_gateway_ratelimit_redis_up").set(1.0);
@@ -286,6 +357,22 @@ impl Limiter {
                 Ok((d, Source::Local))
             }
         }
+    }
+
+    /// One call on a live lease, if there is one.
+    fn spend_lease(&self, key: &str) -> Option<Decision> {
+        let mut leases = self.leases.lock().ok()?;
+        let l = leases.get_mut(key)?;
+        if l.left == 0 || l.until <= Instant::now() {
+            leases.remove(key);
+            return None;
+        }
+        l.left -= 1;
+        Some(Decision::Allowed {
+            limit: l.limit,
+            remaining: l.left,
+            reset: l.reset,
+        })
     }
 
     async fn check_redis(&self, keys: &[(String, Rate)], cost: u32) -> Result<Decision, String> {
