@@ -26,7 +26,9 @@ pub const RETENTION_SECS: i64 = keel_token::MAX_LIFETIME_SECS + 2 * keel_token::
 
 use crate::identity::ts;
 
-fn aad(kid: &str, tenant: &TenantId) -> Vec<u8> {
+/// The associated data a key's seal is bound to: its kid and tenant (public so operators' tools
+/// and tests can open a key with the master key).
+pub fn aad(kid: &str, tenant: &TenantId) -> Vec<u8> {
     format!("{kid}|{tenant}").into_bytes()
 }
 
