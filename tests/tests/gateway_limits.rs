@@ -205,6 +205,17 @@ async fn two_replicas(tier: &str) {
         rate.burst.to_string()
     );
     assert!(md.get("x-ratelimit-remaining").is_some() && md.get("x-ratelimit-reset").is_some());
+    // The gateway says where the time went, and exports its own overhead.
+    let timing = md.get("server-timing").unwrap().to_str().unwrap();
+    assert!(
+        timing.starts_with("total;dur=") && timing.contains("upstream;dur="),
+        "{timing}"
+    );
+    let (_, metrics) =
+        keel_tests::admin_get(stack.gateway.as_ref().unwrap().admin_addr(), "/metrics")
+            .await
+            .unwrap();
+    assert!(metrics.contains("keel_rpc_overhead_seconds"), "{metrics}");
     second.shutdown().await;
     stack.shutdown().await;
 }

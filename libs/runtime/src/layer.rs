@@ -33,6 +33,12 @@ pub struct Caller {
     pub scopes: Vec<String>,
 }
 
+/// Time a handler spent waiting on downstream calls, put in the response extensions so the
+/// layer can report its own server's overhead (`keel_rpc_overhead_seconds`) and a
+/// `server-timing` header (`total;dur=…, upstream;dur=…`, milliseconds).
+#[derive(Debug, Clone, Copy)]
+pub struct DownstreamTime(pub std::time::Duration);
+
 /// What a gate decided for an admitted call.
 #[derive(Debug, Default)]
 pub struct Admission {
@@ -230,9 +236,23 @@ where
                     inner.call(req).instrument(span).await
                 }
             };
+            let total = started.elapsed();
             let res = res.map(|mut r| {
                 for (k, v) in extra_headers {
                     r.headers_mut().append(k, v);
+                }
+                if let Some(DownstreamTime(down)) = r.extensions().get::<DownstreamTime>().copied()
+                {
+                    let own = total.saturating_sub(down);
+                    metrics::histogram!("keel_rpc_overhead_seconds", "service" => service)
+                        .record(own.as_secs_f64());
+                    if let Ok(v) = http::HeaderValue::from_str(&format!(
+                        "total;dur={:.3}, upstream;dur={:.3}",
+                        total.as_secs_f64() * 1000.0,
+                        down.as_secs_f64() * 1000.0
+                    )) {
+                        r.headers_mut().insert("server-timing", v);
+                    }
                 }
                 r
             });

@@ -59,7 +59,8 @@ impl DocumentGateway {
         let deadline =
             Instant::now() + client_deadline.map_or(self.timeout, |d| d.min(self.timeout));
         let msg = req.into_inner();
-        keel_resilience::call(
+        let waited = std::sync::Mutex::new(Duration::ZERO);
+        let result = keel_resilience::call(
             &self.breaker,
             &self.budget,
             &self.policy,
@@ -74,11 +75,27 @@ impl DocumentGateway {
             || {
                 let mut up = outgoing(msg.clone(), &tenant);
                 up.set_timeout(deadline.saturating_duration_since(Instant::now()));
-                call(self.inference.clone(), up)
+                let fut = call(self.inference.clone(), up);
+                let waited = &waited;
+                async move {
+                    let started = Instant::now();
+                    let r = fut.await;
+                    if let Ok(mut w) = waited.lock() {
+                        *w += started.elapsed();
+                    }
+                    r
+                }
             },
         )
         .await
-        .map_err(keel_errors::forward)
+        .map_err(keel_errors::forward);
+        let waited = waited.lock().map(|w| *w).unwrap_or_default();
+        result.map(|mut r| {
+            // Backoff pauses count as the gateway's own time; only waiting on inference is not.
+            r.extensions_mut()
+                .insert(keel_runtime::DownstreamTime(waited));
+            r
+        })
     }
 }
 
