@@ -304,3 +304,48 @@ async fn beyond_its_in_flight_bound_the_gateway_refuses_at_once_instead_of_queue
     gateway.shutdown().await;
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn oversized_requests_are_refused_precisely_before_any_work() {
+    let (stack, gateway, flaky, token) = setup().await;
+    let url = format!("http://{}", gateway.grpc_addr());
+    let mut docs =
+        pb::document_service_client::DocumentServiceClient::new(connect(&url).await.unwrap());
+    let st = docs
+        .create_document(authed(
+            pb::CreateDocumentRequest {
+                title: "big".into(),
+                content: "x".repeat(keel_gateway::MAX_DOCUMENT_MESSAGE_BYTES + 1),
+                idempotency_key: String::new(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::InvalidArgument, "{st:?}");
+    assert_eq!(keel_tests::detail(&st, "field").as_deref(), Some("message"));
+    assert_eq!(
+        keel_tests::detail(&st, "limit_bytes"),
+        Some(keel_gateway::MAX_DOCUMENT_MESSAGE_BYTES.to_string())
+    );
+    assert_eq!(
+        flaky.calls.load(Ordering::SeqCst),
+        0,
+        "inference never saw it"
+    );
+    let mut auth = pb::authentication_service_client::AuthenticationServiceClient::new(
+        connect(&url).await.unwrap(),
+    );
+    let st = auth
+        .login(pb::LoginRequest {
+            tenant_id: "acme".into(),
+            username: "member".into(),
+            password: "p".repeat(keel_gateway::MAX_AUTH_MESSAGE_BYTES + 1),
+            client_id: "keel-tests".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::InvalidArgument, "{st:?}");
+    gateway.shutdown().await;
+    stack.shutdown().await;
+}

@@ -89,6 +89,40 @@ impl RequestLayer {
     }
 }
 
+/// tonic refuses an over-large request while decoding it with a bare OUT_OF_RANGE; give it the
+/// reason and limit every other refusal carries (INVALID_ARGUMENT, field `message`).
+fn precise_size_refusal<RB: Default>(r: http::Response<RB>) -> http::Response<RB> {
+    let h = r.headers();
+    let too_large = h.get("grpc-status").is_some_and(|v| v == "11")
+        && h.get("grpc-message")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|m| {
+                m.contains("message%20length%20too%20large")
+                    || m.contains("message length too large")
+            });
+    if !too_large {
+        return r;
+    }
+    let said = h
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .replace("%20", " ")
+        .replace("%3A", ":");
+    let limit = said
+        .rsplit("limit is:")
+        .next()
+        .and_then(|t| t.split_whitespace().next())
+        .unwrap_or("")
+        .to_owned();
+    keel_errors::status(
+        keel_errors::Reason::InvalidArgument,
+        format!("the request is too large: at most {limit} bytes"),
+        vec![("field", "message".into()), ("limit_bytes", limit)],
+    )
+    .into_http::<RB>()
+}
+
 /// Health and reflection answer even when the server sheds load.
 fn exempt_from_shedding(path: &str) -> bool {
     path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
@@ -237,6 +271,7 @@ where
                 }
             };
             let total = started.elapsed();
+            let res = res.map(precise_size_refusal::<RB>);
             let res = res.map(|mut r| {
                 for (k, v) in extra_headers {
                     r.headers_mut().append(k, v);

@@ -25,6 +25,11 @@ pub const DEFAULT_ADMIN_PORT: u16 = 9091;
 /// Upstream deadline when the client sets none (or a longer one): CRUD must answer well inside
 /// the 300 ms p95 objective, so 5 s only bounds the pathological case.
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
+/// Payload caps, enforced while the request is decoded, before any work: a document call
+/// carries at most the 1 MiB content inference accepts plus its other fields...
+pub const MAX_DOCUMENT_MESSAGE_BYTES: usize = (1 << 20) + 8 * 1024;
+/// ...and an authentication call a few short strings.
+pub const MAX_AUTH_MESSAGE_BYTES: usize = 16 * 1024;
 /// Connect timeout to internal services: they are on the same network; longer means down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -120,12 +125,14 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
                     cfg.breaker.clone(),
                 )),
             ),
-        ),
+        )
+        .max_decoding_message_size(MAX_DOCUMENT_MESSAGE_BYTES),
     )
     .add_service(
         keel_proto::public::authentication_service_server::AuthenticationServiceServer::new(
             grpc::AuthenticationGateway::new(auth.clone(), cfg.upstream_timeout),
-        ),
+        )
+        .max_decoding_message_size(MAX_AUTH_MESSAGE_BYTES),
     );
     let host = Host::start(
         &cfg.host,
