@@ -283,6 +283,9 @@ async fn one_trace_spans_every_hop_and_every_span_and_line_carries_the_tenant() 
     let names: HashSet<String> = spans.iter().map(|s| s.name.to_string()).collect();
     for hop in [
         "keel.v1.DocumentService/CreateDocument",         // gateway
+        "gate.authenticate",                              // the gateway's admission...
+        "gate.limit",                                     // ...its rate limit...
+        "downstream",                                     // ...and its wait on inference
         "keel.auth.v1.TenantDirectory/GetTenant",         // gateway → auth
         "keel.inference.v1.DocumentStore/CreateDocument", // gateway → inference
         "documents.create",           // inference → Postgres (document + outbox)

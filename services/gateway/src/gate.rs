@@ -20,6 +20,7 @@ use keel_runtime::{Admission, Caller, Gate, GateFuture};
 use keel_tenancy::{GRPC_TENANT_HEADER, TenantId};
 use keel_token::{Clock, KeyRecord, KeySource, KeyState, SystemClock, TokenError, Verifier};
 use tonic::transport::Channel;
+use tracing::Instrument;
 
 use crate::limits::{Decision, Limiter};
 use crate::routes::{self, Access};
@@ -514,15 +515,29 @@ impl Gate for AuthGate {
                     let keys = self.limiter.source_keys(peer.map(|p| p.ip()));
                     return Ok(Admission {
                         caller: None,
-                        response_headers: self.limit(&keys).await?,
+                        response_headers: self
+                            .limit(&keys)
+                            .instrument(tracing::info_span!("gate.limit", scope = "source"))
+                            .await?,
                     });
                 }
                 Access::Token(s) => (s, false),
                 Access::StepUp(s) => (s, true),
             };
-            let verified = self.authenticate(headers).await?;
+            let auth_span =
+                tracing::info_span!("gate.authenticate", tenant.id = tracing::field::Empty);
+            let verified = self
+                .authenticate(headers)
+                .instrument(auth_span.clone())
+                .await?;
+            // The tenant is known once the token verified; the span carries it like every other.
+            auth_span.record("tenant.id", verified.tenant.as_str());
             let tenant = verified.tenant.clone();
-            let step_up_rules = match self.resolve(&tenant).await? {
+            let step_up_rules = match self
+                .resolve(&tenant)
+                .instrument(tracing::info_span!("gate.tenant", tenant.id = %tenant))
+                .await?
+            {
                 Resolved::Active(rules) => rules,
                 Resolved::Unknown => {
                     return Err(status(
@@ -552,7 +567,12 @@ impl Gate for AuthGate {
             // Limits before the remaining checks: every authenticated call counts, refused or
             // not, per tenant and per user, at the contract tier the token states.
             let keys = self.limiter.caller_keys(&tenant, &claims.sub, &claims.tier);
-            let response_headers = self.limit(&keys).await?;
+            let response_headers = self
+                .limit(&keys)
+                .instrument(
+                    tracing::info_span!("gate.limit", scope = "caller", tenant.id = %tenant),
+                )
+                .await?;
             if !claims.scopes().any(|s| s == scope) {
                 return Err(status(
                     Reason::PermissionDenied,

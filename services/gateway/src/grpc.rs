@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_resilience::{Breaker, RetryBudget, RetryPolicy};
+use tracing::Instrument;
 
 use keel_proto::inference::document_store_client::DocumentStoreClient;
 use keel_proto::public as pb;
@@ -85,6 +86,10 @@ impl DocumentGateway {
                     }
                     r
                 }
+                .instrument(tracing::info_span!(
+                    "downstream",
+                    peer.service = "inference"
+                ))
             },
         )
         .await
