@@ -186,6 +186,89 @@ impl pb::document_service_server::DocumentService for DocumentGateway {
     }
 }
 
+/// `keel.v1.InferenceService` at the edge, forwarded to inference's `Generation` on behalf of
+/// the caller's tenant. Generate streams chunk by chunk as inference produces them; when the
+/// client goes away, the upstream stream is dropped with it, which stops the generation.
+pub struct InferenceGateway {
+    inference: keel_proto::inference::generation_client::GenerationClient<Channel>,
+    timeout: Duration,
+}
+
+/// Generations run longer than CRUD calls: this bounds one when the client sets no deadline.
+pub const DEFAULT_GENERATION_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl InferenceGateway {
+    pub fn new(inference: Channel) -> Self {
+        InferenceGateway {
+            inference: keel_proto::inference::generation_client::GenerationClient::new(inference),
+            timeout: DEFAULT_GENERATION_TIMEOUT,
+        }
+    }
+
+    fn upstream<T>(&self, req: Request<T>) -> Result<Request<T>, Status> {
+        let tenant = caller(&req)?.tenant.clone();
+        let client_deadline = req
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout);
+        let mut up = outgoing(req.into_inner(), &tenant);
+        up.set_timeout(client_deadline.map_or(self.timeout, |d| d.min(self.timeout)));
+        Ok(up)
+    }
+}
+
+type ChunkStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<pb::GenerateChunk, Status>> + Send + 'static>,
+>;
+
+#[tonic::async_trait]
+impl pb::inference_service_server::InferenceService for InferenceGateway {
+    type GenerateStream = ChunkStream;
+
+    async fn generate(
+        &self,
+        req: Request<pb::GenerateRequest>,
+    ) -> Result<Response<Self::GenerateStream>, Status> {
+        let up = self.upstream(req)?;
+        let stream = self
+            .inference
+            .clone()
+            .generate(up)
+            .await
+            .map_err(keel_errors::forward)?
+            .into_inner();
+        use futures::StreamExt;
+        Ok(Response::new(Box::pin(
+            stream.map(|r| r.map_err(keel_errors::forward)),
+        )))
+    }
+
+    async fn complete(
+        &self,
+        req: Request<pb::GenerateRequest>,
+    ) -> Result<Response<pb::CompleteResponse>, Status> {
+        let up = self.upstream(req)?;
+        self.inference
+            .clone()
+            .complete(up)
+            .await
+            .map_err(keel_errors::forward)
+    }
+
+    async fn embed(
+        &self,
+        req: Request<pb::EmbedRequest>,
+    ) -> Result<Response<pb::EmbedResponse>, Status> {
+        let up = self.upstream(req)?;
+        self.inference
+            .clone()
+            .embed(up)
+            .await
+            .map_err(keel_errors::forward)
+    }
+}
+
 /// `keel.v1.AuthenticationService`: the login flows, forwarded to auth (anonymous routes: the
 /// gate admits them without a caller).
 pub struct AuthenticationGateway {

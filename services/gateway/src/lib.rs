@@ -28,6 +28,8 @@ pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
 /// Payload caps, enforced while the request is decoded, before any work: a document call
 /// carries at most the 1 MiB content inference accepts plus its other fields...
 pub const MAX_DOCUMENT_MESSAGE_BYTES: usize = (1 << 20) + 8 * 1024;
+/// ...an inference call a prompt (keel-tiny takes 4,096 tokens; 256 texts to embed)...
+pub const MAX_INFERENCE_MESSAGE_BYTES: usize = 2 << 20;
 /// ...and an authentication call a few short strings.
 pub const MAX_AUTH_MESSAGE_BYTES: usize = 16 * 1024;
 /// Connect timeout to internal services: they are on the same network; longer means down.
@@ -129,6 +131,12 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
         .max_decoding_message_size(MAX_DOCUMENT_MESSAGE_BYTES),
     )
     .add_service(
+        keel_proto::public::inference_service_server::InferenceServiceServer::new(
+            grpc::InferenceGateway::new(inference.clone()),
+        )
+        .max_decoding_message_size(MAX_INFERENCE_MESSAGE_BYTES),
+    )
+    .add_service(
         keel_proto::public::authentication_service_server::AuthenticationServiceServer::new(
             grpc::AuthenticationGateway::new(auth.clone(), cfg.upstream_timeout),
         )
@@ -138,7 +146,11 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
         &cfg.host,
         HostSpec {
             name: "gateway",
-            grpc_services: vec!["keel.v1.DocumentService", "keel.v1.AuthenticationService"],
+            grpc_services: vec![
+                "keel.v1.DocumentService",
+                "keel.v1.InferenceService",
+                "keel.v1.AuthenticationService",
+            ],
             routes,
             checks: vec![
                 grpc_serving("auth", auth.clone()),

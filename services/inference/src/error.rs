@@ -11,6 +11,8 @@ pub enum Error {
     },
     #[error("document {0} not found")]
     DocumentNotFound(uuid::Uuid),
+    #[error("no model {0:?}")]
+    ModelNotFound(String),
     #[error("idempotency key was already used with a different request")]
     IdempotencyKeyReused,
     #[error("expected version {expected}, found {actual}")]
@@ -31,7 +33,7 @@ impl KeelError for Error {
     fn reason(&self) -> Reason {
         match self {
             Error::InvalidArgument { .. } => Reason::InvalidArgument,
-            Error::DocumentNotFound(_) => Reason::NotFound,
+            Error::DocumentNotFound(_) | Error::ModelNotFound(_) => Reason::NotFound,
             Error::IdempotencyKeyReused => Reason::IdempotencyKeyReused,
             Error::VersionConflict { .. } => Reason::VersionConflict,
             Error::PageTokenInvalid => Reason::PageTokenInvalid,
@@ -42,6 +44,10 @@ impl KeelError for Error {
         match self {
             Error::InvalidArgument { field, .. } => vec![("field", (*field).to_owned())],
             Error::DocumentNotFound(id) => vec![("resource", format!("documents/{id}"))],
+            Error::ModelNotFound(m) => vec![
+                ("resource", format!("models/{m}")),
+                ("field", "model".into()),
+            ],
             Error::PageTokenInvalid => vec![("field", "page_token".into())],
             Error::Store(e) => e.details(),
             _ => Vec::new(),

@@ -8,7 +8,9 @@
 
 pub mod documents;
 pub mod error;
+pub mod generation;
 pub mod grpc;
+pub mod models;
 
 use keel_bus::{Bus, BusConfig};
 use keel_config::{ConfigError, Env};
@@ -32,6 +34,8 @@ pub struct Config {
     pub bus: BusConfig,
     pub redis_url: String,
     pub relay: keel_outbox::RelayConfig,
+    /// keel-tiny's pacing (time to first token, then per token).
+    pub pace: models::Pace,
 }
 
 impl Config {
@@ -50,6 +54,16 @@ impl Config {
                 batch: env.or("KEEL_OUTBOX_BATCH", keel_outbox::DEFAULT_RELAY_BATCH)?,
                 interval: env
                     .duration("KEEL_OUTBOX_INTERVAL", keel_outbox::DEFAULT_RELAY_INTERVAL)?,
+            },
+            pace: models::Pace {
+                first_token: env.duration(
+                    "KEEL_INFERENCE_TINY_FIRST_TOKEN",
+                    generation::DEFAULT_FIRST_TOKEN,
+                )?,
+                per_token: env.duration(
+                    "KEEL_INFERENCE_TINY_PER_TOKEN",
+                    generation::DEFAULT_PER_TOKEN,
+                )?,
             },
         })
     }
@@ -82,6 +96,11 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
         keel_proto::inference::document_store_server::DocumentStoreServer::new(
             grpc::DocumentStoreService::new(docs),
         ),
+    )
+    .add_service(
+        keel_proto::inference::generation_server::GenerationServer::new(
+            generation::GenerationService::new(cfg.pace),
+        ),
     );
     let checks = vec![
         keel_runtime::health::postgres(shards.clone(), &MIGRATOR),
@@ -92,7 +111,10 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
         &cfg.host,
         HostSpec {
             name: "inference",
-            grpc_services: vec!["keel.inference.v1.DocumentStore"],
+            grpc_services: vec![
+                "keel.inference.v1.DocumentStore",
+                "keel.inference.v1.Generation",
+            ],
             routes,
             checks,
             trust_tenant_header: true,
