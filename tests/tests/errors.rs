@@ -71,16 +71,16 @@ async fn the_gateway_refuses_bad_credentials_precisely() {
     docs.create_document(req).await.unwrap();
 
     // A contract method this deployment does not serve yet still demands credentials first.
-    let mut inference = pb::inference_service_client::InferenceServiceClient::new(
+    let mut models = pb::model_service_client::ModelServiceClient::new(
         connect(&stack.gateway_url()).await.unwrap(),
     );
-    let st = inference
-        .complete(tonic::Request::new(pb::GenerateRequest::default()))
+    let st = models
+        .list_models(tonic::Request::new(pb::ListModelsRequest::default()))
         .await
         .unwrap_err();
     assert_eq!(st.code(), Code::Unauthenticated);
-    let st = inference
-        .complete(authed(pb::GenerateRequest::default(), &tok_acme))
+    let st = models
+        .list_models(authed(pb::ListModelsRequest::default(), &tok_acme))
         .await
         .unwrap_err();
     assert_eq!(st.code(), Code::Unimplemented);

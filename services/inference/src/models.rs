@@ -172,7 +172,7 @@ impl Plan {
     /// The next token, or `None` when the model chooses to stop (never before 4 tokens).
     pub fn next_token(&mut self, produced: u32) -> Option<&'static str> {
         let r = self.next_u64();
-        if produced >= 4 && r % 23 == 0 {
+        if produced >= 4 && r.is_multiple_of(23) {
             return None;
         }
         Some(VOCABULARY[(r >> 8) as usize % VOCABULARY.len()])
