@@ -145,6 +145,7 @@ pub fn base_env(servers: &Servers, id: &str, database_urls: &[String]) -> Env {
     ]);
     // The issuer must be the URL the auth service is really reached at (OIDC discovery checks
     // it), so its HTTP port is chosen here rather than by the kernel at bind time.
+    env = env.with("KEEL_GATEWAY_HTTP_ADDR", "127.0.0.1:0");
     let http_port = free_port();
     env = env
         .with("KEEL_AUTH_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
@@ -298,6 +299,15 @@ impl TestStack {
             .await?
             .into_inner()
             .client_secret)
+    }
+
+    /// The gateway's OpenAI-compatible HTTP address.
+    pub fn gateway_http(&self) -> std::net::SocketAddr {
+        self.gateway
+            .as_ref()
+            .expect("gateway running")
+            .http_addr()
+            .expect("the gateway serves HTTP")
     }
 
     /// The auth service's public HTTP address (the issuers live under it).

@@ -9,6 +9,7 @@
 pub mod gate;
 pub mod grpc;
 pub mod limits;
+pub mod openai;
 pub mod routes;
 
 use std::sync::Arc;
@@ -19,8 +20,9 @@ use keel_runtime::health::grpc_serving;
 use keel_runtime::{Host, HostConfig, HostSpec, Tasks};
 use tonic::transport::{Channel, Endpoint};
 
-/// Default ports: gRPC 50051, admin 9091 (HTTP 8080 is reserved for the OpenAI-compatible surface).
+/// Default ports: gRPC 50051, HTTP 8080 (the OpenAI-compatible surface), admin 9091.
 pub const DEFAULT_GRPC_PORT: u16 = 50051;
+pub const DEFAULT_HTTP_PORT: u16 = 8080;
 pub const DEFAULT_ADMIN_PORT: u16 = 9091;
 /// Upstream deadline when the client sets none (or a longer one): CRUD must answer well inside
 /// the 300 ms p95 objective, so 5 s only bounds the pathological case.
@@ -44,6 +46,8 @@ pub struct Config {
     pub redis_prefix: String,
     pub issuer_base: String,
     pub upstream_timeout: Duration,
+    /// The OpenAI-compatible HTTP surface.
+    pub http_addr: std::net::SocketAddr,
     /// While Redis is unreachable: refuse calls (true) or serve with per-replica limits and
     /// unchecked revocations (false, the default: availability first; tokens still expire).
     pub redis_fail_closed: bool,
@@ -68,6 +72,10 @@ impl Config {
             upstream_timeout: env
                 .duration("KEEL_GATEWAY_UPSTREAM_TIMEOUT", DEFAULT_UPSTREAM_TIMEOUT)?,
             redis_fail_closed: env.bool("KEEL_GATEWAY_REDIS_FAIL_CLOSED", false)?,
+            http_addr: env.addr(
+                "KEEL_GATEWAY_HTTP_ADDR",
+                std::net::SocketAddr::from(([127, 0, 0, 1], DEFAULT_HTTP_PORT)),
+            )?,
             breaker: {
                 let d = keel_resilience::BreakerConfig::default();
                 keel_resilience::BreakerConfig {
@@ -142,6 +150,15 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
         )
         .max_decoding_message_size(MAX_AUTH_MESSAGE_BYTES),
     );
+    let gate = Arc::new(gate::AuthGate::new(
+        cfg.issuer_base.clone(),
+        cfg.redis_prefix.clone(),
+        auth.clone(),
+        redis.clone(),
+        cfg.redis_fail_closed,
+        cfg.anonymous_rate,
+    ));
+    let openai = openai::router(gate.clone(), inference.clone());
     let host = Host::start(
         &cfg.host,
         HostSpec {
@@ -158,15 +175,8 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
                 keel_runtime::health::redis_ping("redis", redis.clone()),
             ],
             trust_tenant_header: false,
-            gate: Some(Arc::new(gate::AuthGate::new(
-                cfg.issuer_base.clone(),
-                cfg.redis_prefix.clone(),
-                auth,
-                redis,
-                cfg.redis_fail_closed,
-                cfg.anonymous_rate,
-            ))),
-            http: None,
+            gate: Some(gate),
+            http: Some((cfg.http_addr, openai)),
         },
         Tasks::new(),
     )
