@@ -87,6 +87,7 @@ fn start_gateway(otlp: &str, grpc: &str) -> Child {
         .env("KEEL_REDIS_URL", "redis://127.0.0.1:1")
         .env("KEEL_GATEWAY_GRPC_ADDR", grpc)
         .env("KEEL_GATEWAY_ADMIN_ADDR", "127.0.0.1:0")
+        .env("KEEL_GATEWAY_HTTP_ADDR", "127.0.0.1:0")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
         .env("OTEL_METRIC_EXPORT_INTERVAL", "200")
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")

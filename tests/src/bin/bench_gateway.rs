@@ -201,6 +201,7 @@ async fn main() {
     let mut child = cmd
         .env("KEEL_GATEWAY_GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
         .env("KEEL_GATEWAY_ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
+        .env("KEEL_GATEWAY_HTTP_ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "error")
         .stdout(std::process::Stdio::null())
         .spawn()
