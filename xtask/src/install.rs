@@ -267,3 +267,59 @@ mod tests {
         assert!((2, 9) < MIN_NATS);
     }
 }
+
+/// The official OpenAI Python SDK the compatibility test drives, pinned.
+const OPENAI_SDK: &str = "openai==3.63.0";
+
+/// A Python with the official OpenAI SDK, in `.keel/tools/openai-venv` (Python 3 and its venv
+/// module from apt when missing); returns its interpreter.
+pub fn ensure_openai_sdk(root: &Path) -> Result<PathBuf> {
+    let venv = root.join(".keel/tools/openai-venv");
+    let python = venv.join("bin/python");
+    let ready = |py: &Path| {
+        Command::new(py)
+            .args(["-c", "import openai"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if ready(&python) {
+        return Ok(python);
+    }
+    let system = match which("python3") {
+        Some(p) => p,
+        None => {
+            apt_install(
+                &["python3", "python3-venv"],
+                "Python 3 (for the OpenAI SDK test)",
+            )?;
+            which("python3").context("python3 was installed but is not on PATH")?
+        }
+    };
+    let made = Command::new(&system)
+        .args(["-m", "venv", "--clear"])
+        .arg(&venv)
+        .output()
+        .context("creating the OpenAI SDK's virtual environment")?;
+    if !made.status.success() {
+        // Debian splits venv's pip bootstrap into python3-venv.
+        apt_install(&["python3-venv"], "Python's venv module")?;
+        let mut again = Command::new(&system);
+        again.args(["-m", "venv", "--clear"]).arg(&venv);
+        run(again, "python3 -m venv")?;
+    }
+    eprintln!("xtask: installing {OPENAI_SDK} for the OpenAI compatibility test");
+    let mut pip = Command::new(&python);
+    pip.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        OPENAI_SDK,
+    ]);
+    run(pip, "pip install openai")?;
+    if !ready(&python) {
+        bail!("the OpenAI SDK was installed but does not import");
+    }
+    Ok(python)
+}

@@ -66,6 +66,7 @@ fn test(extra: &[String]) -> Result<ExitCode> {
     let started = Instant::now();
     let root = workspace_root();
     let tools = install::ensure(&root)?;
+    let python = install::ensure_openai_sdk(&root)?;
     let dir = stack::TempDir::new("keel-test")?;
     let stop = stack::install_signal_handler()?;
     let stack = stack::Stack::start(&tools, dir.path(), stack::Profile::Throwaway)?;
@@ -81,7 +82,8 @@ fn test(extra: &[String]) -> Result<ExitCode> {
     cmd.current_dir(&root)
         .args(["test", "--workspace", "--all-targets"])
         .args(extra)
-        .envs(stack.test_env());
+        .envs(stack.test_env())
+        .env("KEEL_TEST_PYTHON", &python);
     let status = stack::run_interruptible(&mut cmd, &stop).context("running cargo test")?;
     drop(stack);
     let secs = started.elapsed().as_secs_f64();
