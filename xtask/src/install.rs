@@ -252,22 +252,6 @@ fn fetch_nats(tools: &Path) -> Result<()> {
     run(x, "dpkg -x nats-server")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn versions_parse() {
-        assert_eq!(version_after("nats-server: v2.10.27", ": v"), Some((2, 10)));
-        assert_eq!(
-            version_after("Redis server v=7.0.15 sha=00000000:0", "v="),
-            Some((7, 0))
-        );
-        assert_eq!(version_after("nothing", "v="), None);
-        assert!((2, 9) < MIN_NATS);
-    }
-}
-
 /// The official OpenAI Python SDK the compatibility test drives, pinned.
 const OPENAI_SDK: &str = "openai==3.63.0";
 
@@ -322,4 +306,20 @@ pub fn ensure_openai_sdk(root: &Path) -> Result<PathBuf> {
         bail!("the OpenAI SDK was installed but does not import");
     }
     Ok(python)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse() {
+        assert_eq!(version_after("nats-server: v2.10.27", ": v"), Some((2, 10)));
+        assert_eq!(
+            version_after("Redis server v=7.0.15 sha=00000000:0", "v="),
+            Some((7, 0))
+        );
+        assert_eq!(version_after("nothing", "v="), None);
+        assert!((2, 9) < MIN_NATS);
+    }
 }
