@@ -189,3 +189,51 @@ async fn keel_embed_and_precise_refusals() {
     assert_eq!(st.code(), Code::Unauthenticated);
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn model_tokens_are_reserved_up_front_and_settled_to_what_was_used() {
+    let stack = TestStack::start().await.unwrap();
+    stack
+        .directory()
+        .await
+        .unwrap()
+        .create_tenant(keel_proto::auth::CreateTenantRequest {
+            tenant_id: "small".into(),
+            display_name: "Small".into(),
+            tier: "free".into(),
+        })
+        .await
+        .unwrap();
+    stack
+        .create_user("small", "member", &["member"])
+        .await
+        .unwrap();
+    let (token, _) = stack.login("small", "member").await.unwrap();
+    let mut client = pb::inference_service_client::InferenceServiceClient::new(
+        connect(&stack.gateway_url()).await.unwrap(),
+    );
+    let budget = 20_000u32; // the free tier's tokens a minute
+
+    // An estimate beyond the budget is refused before inference does any work.
+    let huge = "word ".repeat((budget as usize) * 4 / 5 + 100);
+    let st = client
+        .complete(authed(request(&huge, 10, 0.0, None), &token))
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::ResourceExhausted, "{st:?}");
+    assert_eq!(keel_tests::reason(&st), "RATE_LIMITED");
+    assert!(st.metadata().get("retry-after").is_some());
+
+    // Each call reserves ~1,030 tokens (the output bound) but uses a few dozen: settled to
+    // actual use, thirty of them fit in a budget that could not hold thirty reservations.
+    for i in 0..30 {
+        client
+            .complete(authed(
+                request(&format!("question {i}"), 1024, 0.0, None),
+                &token,
+            ))
+            .await
+            .unwrap_or_else(|st| panic!("call {i}: {st:?}"));
+    }
+    stack.shutdown().await;
+}

@@ -31,6 +31,8 @@ pub struct Caller {
     /// The token's subject (user or client).
     pub subject: String,
     pub scopes: Vec<String>,
+    /// The tenant's contract tier, as the token states it (limits depend on it).
+    pub tier: String,
 }
 
 /// Time a handler spent waiting on downstream calls, put in the response extensions so the

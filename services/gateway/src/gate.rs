@@ -107,7 +107,7 @@ pub struct AuthGate {
     verified: keel_token::VerifiedCache,
     sessions: Mutex<HashMap<String, Instant>>,
     clock: SystemClock,
-    limiter: Limiter,
+    limiter: Arc<Limiter>,
     /// Refuse (rather than serve) while Redis cannot answer revocation checks.
     fail_closed: bool,
     last_revocation_warning: Mutex<Option<Instant>>,
@@ -157,7 +157,12 @@ impl AuthGate {
         anonymous: crate::limits::Rate,
     ) -> Self {
         AuthGate {
-            limiter: Limiter::new(redis.clone(), redis_prefix.clone(), fail_closed, anonymous),
+            limiter: Arc::new(Limiter::new(
+                redis.clone(),
+                redis_prefix.clone(),
+                fail_closed,
+                anonymous,
+            )),
             fail_closed,
             last_revocation_warning: Mutex::new(None),
             issuer_base,
@@ -320,6 +325,11 @@ impl AuthGate {
             );
         }
         Ok(())
+    }
+
+    /// The shared limiter (model-token budgets are charged by the inference edge).
+    pub fn limiter(&self) -> Arc<Limiter> {
+        self.limiter.clone()
     }
 
     async fn revoked_in_redis(&self, tenant: &TenantId, sid: &str) -> Result<bool, String> {
@@ -590,6 +600,7 @@ impl Gate for AuthGate {
                     tenant,
                     subject: claims.sub.clone(),
                     scopes: claims.scopes().map(str::to_owned).collect(),
+                    tier: claims.tier.clone(),
                 }),
                 response_headers,
             })

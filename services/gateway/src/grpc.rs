@@ -189,19 +189,47 @@ impl pb::document_service_server::DocumentService for DocumentGateway {
 /// `keel.v1.InferenceService` at the edge, forwarded to inference's `Generation` on behalf of
 /// the caller's tenant. Generate streams chunk by chunk as inference produces them; when the
 /// client goes away, the upstream stream is dropped with it, which stops the generation.
+///
+/// Model tokens count against the tenant's per-minute budget: an estimate is reserved before
+/// the call (prompt characters / 4, plus the output bound), and settled to the model's own
+/// count when it ends — or, for a cancelled stream, to what was produced.
 pub struct InferenceGateway {
     inference: keel_proto::inference::generation_client::GenerationClient<Channel>,
     timeout: Duration,
+    limiter: Arc<crate::limits::Limiter>,
+    tasks: keel_runtime::Tasks,
 }
 
 /// Generations run longer than CRUD calls: this bounds one when the client sets no deadline.
 pub const DEFAULT_GENERATION_TIMEOUT: Duration = Duration::from_secs(120);
+/// Output tokens reserved when a request names no bound.
+pub const DEFAULT_OUTPUT_RESERVE: u32 = 256;
+
+/// A reservation of model tokens, to settle once usage is known.
+struct Reservation {
+    keys: Vec<(String, crate::limits::Rate)>,
+    estimate: u32,
+    input_estimate: u32,
+}
+
+fn estimate_input(messages: &[pb::ChatMessage]) -> u32 {
+    messages
+        .iter()
+        .map(|m| (m.content.len() / 4) as u32 + 1)
+        .sum()
+}
 
 impl InferenceGateway {
-    pub fn new(inference: Channel) -> Self {
+    pub fn new(
+        inference: Channel,
+        limiter: Arc<crate::limits::Limiter>,
+        tasks: keel_runtime::Tasks,
+    ) -> Self {
         InferenceGateway {
             inference: keel_proto::inference::generation_client::GenerationClient::new(inference),
             timeout: DEFAULT_GENERATION_TIMEOUT,
+            limiter,
+            tasks,
         }
     }
 
@@ -216,11 +244,95 @@ impl InferenceGateway {
         up.set_timeout(client_deadline.map_or(self.timeout, |d| d.min(self.timeout)));
         Ok(up)
     }
+
+    /// Reserves `input + output` tokens from the caller's tenant, or refuses the call.
+    async fn reserve<T>(
+        &self,
+        req: &Request<T>,
+        input: u32,
+        output: u32,
+    ) -> Result<Reservation, Status> {
+        let c = caller(req)?;
+        let keys = self.limiter.token_keys(&c.tenant, &c.tier);
+        let estimate = input.saturating_add(output);
+        let (decision, _) = self.limiter.check(&keys, estimate).await.map_err(|_| {
+            keel_errors::status(
+                keel_errors::Reason::Unavailable,
+                "the rate limiter is unavailable; retry shortly",
+                vec![("dependency", "redis".into())],
+            )
+        })?;
+        match decision {
+            crate::limits::Decision::Allowed { .. } => Ok(Reservation {
+                keys,
+                estimate,
+                input_estimate: input,
+            }),
+            crate::limits::Decision::Denied { retry_after, limit } => {
+                let ms = retry_after.as_millis().max(1) as u64;
+                let mut st = keel_errors::status(
+                    keel_errors::Reason::RateLimited,
+                    format!(
+                        "the tenant's model-token budget ({limit} a minute) cannot cover about {estimate} tokens now; retry after {ms} ms"
+                    ),
+                    vec![
+                        ("retry_after_ms", ms.to_string()),
+                        ("estimated_tokens", estimate.to_string()),
+                    ],
+                );
+                st.metadata_mut().insert(
+                    "retry-after",
+                    (retry_after.as_secs_f64().ceil().max(1.0) as u64).into(),
+                );
+                Err(st)
+            }
+        }
+    }
+
+    fn settle(&self, r: Reservation, used: u32) {
+        settle(&self.limiter, &self.tasks, r, used);
+    }
+}
+
+/// Settles a reservation to what was used (in the background: the answer does not wait).
+fn settle(
+    limiter: &Arc<crate::limits::Limiter>,
+    tasks: &keel_runtime::Tasks,
+    r: Reservation,
+    used: u32,
+) {
+    let limiter = limiter.clone();
+    tasks.spawn("token-settle", async move {
+        if used < r.estimate {
+            limiter.refund(&r.keys, r.estimate - used).await;
+        } else if used > r.estimate {
+            // Spent already: charge the difference, whatever the bucket says.
+            let _ = limiter.check(&r.keys, used - r.estimate).await;
+        }
+    });
 }
 
 type ChunkStream = std::pin::Pin<
     Box<dyn futures::Stream<Item = Result<pb::GenerateChunk, Status>> + Send + 'static>,
 >;
+
+/// Settles a streamed generation's reservation when it ends, however it ends.
+struct StreamSettlement {
+    gateway: Option<(Arc<crate::limits::Limiter>, keel_runtime::Tasks)>,
+    reservation: Option<Reservation>,
+    chunks: u32,
+    used: Option<u32>,
+}
+
+impl Drop for StreamSettlement {
+    fn drop(&mut self) {
+        if let (Some((limiter, tasks)), Some(r)) = (self.gateway.take(), self.reservation.take()) {
+            // Cancelled (or failed) mid-stream: the prompt plus what was produced.
+            let used = self.used.unwrap_or(r.input_estimate + self.chunks);
+            settle(&limiter, &tasks, r, used);
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl pb::inference_service_server::InferenceService for InferenceGateway {
@@ -230,42 +342,99 @@ impl pb::inference_service_server::InferenceService for InferenceGateway {
         &self,
         req: Request<pb::GenerateRequest>,
     ) -> Result<Response<Self::GenerateStream>, Status> {
+        let m = req.get_ref();
+        let output = if m.max_output_tokens > 0 {
+            m.max_output_tokens as u32
+        } else {
+            DEFAULT_OUTPUT_RESERVE
+        };
+        let reservation = self
+            .reserve(&req, estimate_input(&m.messages), output)
+            .await?;
         let up = self.upstream(req)?;
-        let stream = self
-            .inference
-            .clone()
-            .generate(up)
-            .await
-            .map_err(keel_errors::forward)?
-            .into_inner();
+        let stream = match self.inference.clone().generate(up).await {
+            Ok(s) => s.into_inner(),
+            Err(st) => {
+                self.settle(reservation, 0);
+                return Err(keel_errors::forward(st));
+            }
+        };
+        let settlement = StreamSettlement {
+            gateway: Some((self.limiter.clone(), self.tasks.clone())),
+            reservation: Some(reservation),
+            chunks: 0,
+            used: None,
+        };
         use futures::StreamExt;
-        Ok(Response::new(Box::pin(
-            stream.map(|r| r.map_err(keel_errors::forward)),
-        )))
+        let out = futures::stream::unfold((stream, settlement), |(mut stream, mut s)| async move {
+            let item = stream.next().await?;
+            let item = item.map_err(keel_errors::forward).inspect(|c| {
+                if !c.text.is_empty() {
+                    s.chunks += 1;
+                }
+                if let Some(u) = &c.usage {
+                    s.used = Some(u.input_tokens + u.output_tokens);
+                }
+            });
+            Some((item, (stream, s)))
+        });
+        Ok(Response::new(Box::pin(out)))
     }
 
     async fn complete(
         &self,
         req: Request<pb::GenerateRequest>,
     ) -> Result<Response<pb::CompleteResponse>, Status> {
+        let m = req.get_ref();
+        let output = if m.max_output_tokens > 0 {
+            m.max_output_tokens as u32
+        } else {
+            DEFAULT_OUTPUT_RESERVE
+        };
+        let reservation = self
+            .reserve(&req, estimate_input(&m.messages), output)
+            .await?;
         let up = self.upstream(req)?;
-        self.inference
-            .clone()
-            .complete(up)
-            .await
-            .map_err(keel_errors::forward)
+        match self.inference.clone().complete(up).await {
+            Ok(r) => {
+                let used = r
+                    .get_ref()
+                    .usage
+                    .as_ref()
+                    .map_or(reservation.estimate, |u| u.input_tokens + u.output_tokens);
+                self.settle(reservation, used);
+                Ok(r)
+            }
+            Err(st) => {
+                self.settle(reservation, 0);
+                Err(keel_errors::forward(st))
+            }
+        }
     }
 
     async fn embed(
         &self,
         req: Request<pb::EmbedRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
+        let input: u32 = req
+            .get_ref()
+            .inputs
+            .iter()
+            .map(|t| (t.len() / 4) as u32 + 1)
+            .sum();
+        let reservation = self.reserve(&req, input, 0).await?;
         let up = self.upstream(req)?;
-        self.inference
-            .clone()
-            .embed(up)
-            .await
-            .map_err(keel_errors::forward)
+        match self.inference.clone().embed(up).await {
+            Ok(r) => {
+                let used = r.get_ref().usage.as_ref().map_or(input, |u| u.input_tokens);
+                self.settle(reservation, used);
+                Ok(r)
+            }
+            Err(st) => {
+                self.settle(reservation, 0);
+                Err(keel_errors::forward(st))
+            }
+        }
     }
 }
 

@@ -125,6 +125,21 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
     let redis = deadpool_redis::Config::from_url(cfg.redis_url.clone())
         .create_pool(Some(deadpool_redis::Runtime::Tokio1))
         .map_err(|e| StartError::Redis(e.to_string()))?;
+    let gate = Arc::new(gate::AuthGate::new(
+        cfg.issuer_base.clone(),
+        cfg.redis_prefix.clone(),
+        auth.clone(),
+        redis.clone(),
+        cfg.redis_fail_closed,
+        cfg.anonymous_rate,
+    ));
+    let tasks = Tasks::new();
+    let inference_edge = Arc::new(grpc::InferenceGateway::new(
+        inference.clone(),
+        gate.limiter(),
+        tasks.clone(),
+    ));
+    let openai = openai::router(gate.clone(), inference_edge.clone());
     let routes = tonic::service::Routes::new(
         keel_proto::public::document_service_server::DocumentServiceServer::new(
             grpc::DocumentGateway::new(
@@ -139,8 +154,8 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
         .max_decoding_message_size(MAX_DOCUMENT_MESSAGE_BYTES),
     )
     .add_service(
-        keel_proto::public::inference_service_server::InferenceServiceServer::new(
-            grpc::InferenceGateway::new(inference.clone()),
+        keel_proto::public::inference_service_server::InferenceServiceServer::from_arc(
+            inference_edge.clone(),
         )
         .max_decoding_message_size(MAX_INFERENCE_MESSAGE_BYTES),
     )
@@ -150,15 +165,7 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
         )
         .max_decoding_message_size(MAX_AUTH_MESSAGE_BYTES),
     );
-    let gate = Arc::new(gate::AuthGate::new(
-        cfg.issuer_base.clone(),
-        cfg.redis_prefix.clone(),
-        auth.clone(),
-        redis.clone(),
-        cfg.redis_fail_closed,
-        cfg.anonymous_rate,
-    ));
-    let openai = openai::router(gate.clone(), inference.clone());
+
     let host = Host::start(
         &cfg.host,
         HostSpec {
@@ -178,7 +185,7 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
             gate: Some(gate),
             http: Some((cfg.http_addr, openai)),
         },
-        Tasks::new(),
+        tasks,
     )
     .await?;
     Ok(host)

@@ -89,6 +89,20 @@ pub fn tier_limits(tier: &str) -> TierLimits {
     }
 }
 
+/// Model tokens (prompt and output) per tenant and minute, by tier; the burst is a minute's
+/// worth. Reserved up front from an estimate, settled to the model's count at the end.
+pub fn token_rate(tier: &str) -> Rate {
+    let per_minute: f64 = match tier {
+        "enterprise" => 2_000_000.0,
+        "pro" => 200_000.0,
+        _ => 20_000.0,
+    };
+    Rate {
+        per_second: per_minute / 60.0,
+        burst: per_minute as u32,
+    }
+}
+
 /// Anonymous methods (login, MFA verification, refresh, logout), per source address: enough for
 /// people and apps, far too little for credential stuffing from one address. Deployments where
 /// many users share an address (NAT, a proxy) raise it (`KEEL_GATEWAY_ANONYMOUS_RATE`,
@@ -222,6 +236,22 @@ struct Lease {
     reset: Duration,
 }
 
+/// KEYS: the buckets; ARGV[1]: tokens to give back; then per key: interval (µs). Moves each
+/// bucket's arrival time back (never before now).
+const REFUND: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local amount = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  local tat = tonumber(redis.call('GET', KEYS[i]))
+  if tat then
+    local new_tat = math.max(now, tat - amount * tonumber(ARGV[1 + i]))
+    redis.call('SET', KEYS[i], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
+  end
+end
+return 1
+"#;
+
 /// How often the fallback warns while Redis is away.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -269,6 +299,47 @@ impl Limiter {
                 limits.user,
             ),
         ]
+    }
+
+    /// The token bucket of a tenant's model calls.
+    pub fn token_keys(&self, tenant: &TenantId, tier: &str) -> Vec<(String, Rate)> {
+        vec![(
+            tenant.redis_key(&format!("{}:rl:tok", self.prefix), "all"),
+            token_rate(tier),
+        )]
+    }
+
+    /// Gives `amount` back to the buckets (a reservation larger than what was used). Best
+    /// effort: a refund lost to a Redis outage only makes the limit stricter for a minute.
+    pub async fn refund(&self, keys: &[(String, Rate)], amount: u32) {
+        if amount == 0 {
+            return;
+        }
+        let redis = async {
+            let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
+            let script = redis::Script::new(REFUND);
+            let mut inv = script.prepare_invoke();
+            inv.arg(amount);
+            for (k, rate) in keys {
+                inv.key(k).arg(rate.interval_us().round() as i64);
+            }
+            inv.invoke_async::<i64>(&mut conn)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        if redis.await.is_err()
+            && let Ok(mut local) = self.local.lock()
+        {
+            let now_us = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_micros() as f64)
+                .unwrap_or(0.0);
+            for (k, rate) in keys {
+                if let Some(tat) = local.tats.get_mut(k) {
+                    *tat = (*tat - f64::from(amount) * rate.interval_us()).max(now_us);
+                }
+            }
+        }
     }
 
     /// The bucket key of an anonymous call from `source`.

@@ -21,19 +21,18 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use futures::StreamExt;
-use keel_proto::inference::generation_client::GenerationClient;
 use keel_proto::public as pb;
-use keel_runtime::context::outgoing;
+use keel_proto::public::inference_service_server::InferenceService;
 use keel_runtime::{Admission, Gate};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tonic::transport::Channel;
 
 use crate::gate::AuthGate;
 
 pub struct OpenAi {
     gate: Arc<AuthGate>,
-    inference: GenerationClient<Channel>,
+    /// The same edge gRPC callers use: deadlines and model-token budgets apply alike.
+    inference: Arc<crate::grpc::InferenceGateway>,
 }
 
 /// OpenAI's error shape, with keel's reason as the `code`.
@@ -98,18 +97,17 @@ impl OpenAi {
         method: &str,
         headers: &HeaderMap,
         peer: SocketAddr,
-    ) -> Result<(keel_tenancy::TenantId, Admission), Response> {
+    ) -> Result<(keel_runtime::Caller, Admission), Response> {
         let admission = self
             .gate
             .admit(method, headers, Some(peer))
             .await
             .map_err(|st| error(&st))?;
-        let tenant = admission
+        let caller = admission
             .caller
-            .as_ref()
-            .map(|c| c.tenant.clone())
+            .clone()
             .ok_or_else(|| error(&tonic::Status::internal("no caller")))?;
-        Ok((tenant, admission))
+        Ok((caller, admission))
     }
 }
 
@@ -176,7 +174,7 @@ async fn chat(
     body: axum::body::Bytes,
 ) -> Response {
     // Credentials first, like every method; the body is read only for admitted callers.
-    let (tenant, admission) = match api
+    let (caller, admission) = match api
         .admit("/keel.v1.InferenceService/Generate", &headers, peer)
         .await
     {
@@ -210,9 +208,9 @@ async fn chat(
     let id = completion_id();
     let created = now_secs();
     if req.stream {
-        let stream = match api.inference.clone().generate(outgoing(msg, &tenant)).await {
+        let stream = match api.inference.generate(as_caller(msg, &caller)).await {
             Ok(s) => s.into_inner(),
-            Err(st) => return with_headers(error(&keel_errors::forward(st)), &admission),
+            Err(st) => return with_headers(error(&st), &admission),
         };
         let first = std::sync::atomic::AtomicBool::new(true);
         let events = stream.map(move |chunk| {
@@ -247,7 +245,7 @@ async fn chat(
         let done = futures::stream::once(async { Ok(Event::default().data("[DONE]")) });
         return with_headers(Sse::new(events.chain(done)).into_response(), &admission);
     }
-    match api.inference.clone().complete(outgoing(msg, &tenant)).await {
+    match api.inference.complete(as_caller(msg, &caller)).await {
         Ok(r) => {
             let r = r.into_inner();
             let u = r.usage.unwrap_or_default();
@@ -270,8 +268,15 @@ async fn chat(
                 &admission,
             )
         }
-        Err(st) => with_headers(error(&keel_errors::forward(st)), &admission),
+        Err(st) => with_headers(error(&st), &admission),
     }
+}
+
+/// A request to the gRPC edge on behalf of an admitted caller.
+fn as_caller<T>(msg: T, caller: &keel_runtime::Caller) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.extensions_mut().insert(caller.clone());
+    req
 }
 
 #[derive(Deserialize)]
@@ -295,7 +300,7 @@ async fn embeddings(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let (tenant, admission) = match api
+    let (caller, admission) = match api
         .admit("/keel.v1.InferenceService/Embed", &headers, peer)
         .await
     {
@@ -325,7 +330,7 @@ async fn embeddings(
         model: req.model,
         inputs,
     };
-    match api.inference.clone().embed(outgoing(msg, &tenant)).await {
+    match api.inference.embed(as_caller(msg, &caller)).await {
         Ok(r) => {
             let r = r.into_inner();
             let data: Vec<Value> = r
@@ -353,7 +358,7 @@ async fn embeddings(
                 &admission,
             )
         }
-        Err(st) => with_headers(error(&keel_errors::forward(st)), &admission),
+        Err(st) => with_headers(error(&st), &admission),
     }
 }
 
@@ -383,11 +388,8 @@ async fn models(
     )
 }
 
-pub fn router(gate: Arc<AuthGate>, inference: Channel) -> Router {
-    let api = Arc::new(OpenAi {
-        gate,
-        inference: GenerationClient::new(inference),
-    });
+pub fn router(gate: Arc<AuthGate>, inference: Arc<crate::grpc::InferenceGateway>) -> Router {
+    let api = Arc::new(OpenAi { gate, inference });
     Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/embeddings", post(embeddings))
