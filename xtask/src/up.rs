@@ -198,6 +198,7 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
 keel is up ({secs:.1}s).
 
   gateway   gRPC {gateway_url}   admin http://{gw_admin}  (/livez /readyz /metrics)
+            OpenAI-compatible HTTP http://127.0.0.1:8080/v1 (chat/completions, embeddings, models)
   auth      gRPC {auth_url}   admin http://{auth_admin}
             OIDC issuer http://127.0.0.1:8081/t/{DEMO_TENANT} (/.well-known/openid-configuration)
   inference gRPC {inference_url}   admin http://{inf_admin}

@@ -496,6 +496,16 @@ fn step_up_challenge(max_age: i64) -> tonic::Status {
     st
 }
 
+/// Tiers as metric labels: the known ones, everything else as "other" (bounded cardinality).
+fn tier_label(tier: &str) -> &'static str {
+    match tier {
+        "free" => "free",
+        "pro" => "pro",
+        "enterprise" => "enterprise",
+        _ => "other",
+    }
+}
+
 const RATELIMIT_LIMIT: http::HeaderName = http::HeaderName::from_static("x-ratelimit-limit");
 const RATELIMIT_REMAINING: http::HeaderName =
     http::HeaderName::from_static("x-ratelimit-remaining");
@@ -595,6 +605,8 @@ impl Gate for AuthGate {
             {
                 return Err(step_up_challenge(max_age));
             }
+            // RED by tier: who is calling what, at which contract (routes and tiers are few).
+            metrics::counter!("keel_gateway_admitted_total", "method" => route.path, "tier" => tier_label(&claims.tier)).increment(1);
             Ok(Admission {
                 caller: Some(Caller {
                     tenant,
