@@ -198,6 +198,10 @@ pub struct InferenceGateway {
     timeout: Duration,
     limiter: Arc<crate::limits::Limiter>,
     tasks: keel_runtime::Tasks,
+    /// Model calls have a breaker of their own (a slow model is not a slow document store);
+    /// they are never retried: a generation is not idempotent in cost.
+    breaker: Breaker,
+    budget: RetryBudget,
 }
 
 /// Generations run longer than CRUD calls: this bounds one when the client sets no deadline.
@@ -230,6 +234,15 @@ impl InferenceGateway {
             timeout: DEFAULT_GENERATION_TIMEOUT,
             limiter,
             tasks,
+            breaker: Breaker::new(
+                "models",
+                keel_resilience::BreakerConfig {
+                    // Generations are long by nature; only errors count against the model.
+                    slow_call: Duration::MAX,
+                    ..keel_resilience::BreakerConfig::default()
+                },
+            ),
+            budget: RetryBudget::new(0.0, 0.0),
         }
     }
 
@@ -292,6 +305,29 @@ impl InferenceGateway {
     fn settle(&self, r: Reservation, used: u32) {
         settle(&self.limiter, &self.tasks, r, used);
     }
+
+    /// One model call through the breaker (never retried).
+    async fn guarded<T, F, Fut>(&self, call: F) -> Result<T, Status>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        keel_resilience::call(
+            &self.breaker,
+            &self.budget,
+            &RetryPolicy::default(),
+            false,
+            || {
+                keel_errors::status(
+                    keel_errors::Reason::Unavailable,
+                    "the model is failing; calls are refused for a few seconds (circuit open)",
+                    vec![("dependency", "inference".into())],
+                )
+            },
+            call,
+        )
+        .await
+    }
 }
 
 /// Settles a reservation to what was used (in the background: the answer does not wait).
@@ -352,7 +388,20 @@ impl pb::inference_service_server::InferenceService for InferenceGateway {
             .reserve(&req, estimate_input(&m.messages), output)
             .await?;
         let up = self.upstream(req)?;
-        let stream = match self.inference.clone().generate(up).await {
+        let mut up = Some(up);
+        let stream = match self
+            .guarded(|| {
+                let up = up.take();
+                let mut client = self.inference.clone();
+                async move {
+                    match up {
+                        Some(up) => client.generate(up).await,
+                        None => Err(Status::internal("generate sent twice")),
+                    }
+                }
+            })
+            .await
+        {
             Ok(s) => s.into_inner(),
             Err(st) => {
                 self.settle(reservation, 0);
@@ -395,7 +444,20 @@ impl pb::inference_service_server::InferenceService for InferenceGateway {
             .reserve(&req, estimate_input(&m.messages), output)
             .await?;
         let up = self.upstream(req)?;
-        match self.inference.clone().complete(up).await {
+        let mut up = Some(up);
+        match self
+            .guarded(|| {
+                let up = up.take();
+                let mut client = self.inference.clone();
+                async move {
+                    match up {
+                        Some(up) => client.complete(up).await,
+                        None => Err(Status::internal("complete sent twice")),
+                    }
+                }
+            })
+            .await
+        {
             Ok(r) => {
                 let used = r
                     .get_ref()
@@ -424,7 +486,20 @@ impl pb::inference_service_server::InferenceService for InferenceGateway {
             .sum();
         let reservation = self.reserve(&req, input, 0).await?;
         let up = self.upstream(req)?;
-        match self.inference.clone().embed(up).await {
+        let mut up = Some(up);
+        match self
+            .guarded(|| {
+                let up = up.take();
+                let mut client = self.inference.clone();
+                async move {
+                    match up {
+                        Some(up) => client.embed(up).await,
+                        None => Err(Status::internal("embed sent twice")),
+                    }
+                }
+            })
+            .await
+        {
             Ok(r) => {
                 let used = r.get_ref().usage.as_ref().map_or(input, |u| u.input_tokens);
                 self.settle(reservation, used);
