@@ -306,6 +306,29 @@ impl InferenceGateway {
         settle(&self.limiter, &self.tasks, r, used);
     }
 
+    /// One model call through the breaker, sent exactly once.
+    async fn once<M, T, F, Fut>(&self, up: Request<M>, call: F) -> Result<T, Status>
+    where
+        F: FnOnce(
+            keel_proto::inference::generation_client::GenerationClient<Channel>,
+            Request<M>,
+        ) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let mut pending = Some((up, call));
+        self.guarded(|| {
+            let p = pending.take();
+            let client = self.inference.clone();
+            async move {
+                match p {
+                    Some((up, call)) => call(client, up).await,
+                    None => Err(Status::internal("a model call is never sent twice")),
+                }
+            }
+        })
+        .await
+    }
+
     /// One model call through the breaker (never retried).
     async fn guarded<T, F, Fut>(&self, call: F) -> Result<T, Status>
     where
@@ -388,18 +411,8 @@ impl pb::inference_service_server::InferenceService for InferenceGateway {
             .reserve(&req, estimate_input(&m.messages), output)
             .await?;
         let up = self.upstream(req)?;
-        let mut up = Some(up);
         let stream = match self
-            .guarded(|| {
-                let up = up.take();
-                let mut client = self.inference.clone();
-                async move {
-                    match up {
-                        Some(up) => client.generate(up).await,
-                        None => Err(Status::internal("generate sent twice")),
-                    }
-                }
-            })
+            .once(up, |mut c, r| async move { c.generate(r).await })
             .await
         {
             Ok(s) => s.into_inner(),
@@ -444,18 +457,8 @@ impl pb::inference_service_server::InferenceService for InferenceGateway {
             .reserve(&req, estimate_input(&m.messages), output)
             .await?;
         let up = self.upstream(req)?;
-        let mut up = Some(up);
         match self
-            .guarded(|| {
-                let up = up.take();
-                let mut client = self.inference.clone();
-                async move {
-                    match up {
-                        Some(up) => client.complete(up).await,
-                        None => Err(Status::internal("complete sent twice")),
-                    }
-                }
-            })
+            .once(up, |mut c, r| async move { c.complete(r).await })
             .await
         {
             Ok(r) => {
@@ -486,18 +489,8 @@ impl pb::inference_service_server::InferenceService for InferenceGateway {
             .sum();
         let reservation = self.reserve(&req, input, 0).await?;
         let up = self.upstream(req)?;
-        let mut up = Some(up);
         match self
-            .guarded(|| {
-                let up = up.take();
-                let mut client = self.inference.clone();
-                async move {
-                    match up {
-                        Some(up) => client.embed(up).await,
-                        None => Err(Status::internal("embed sent twice")),
-                    }
-                }
-            })
+            .once(up, |mut c, r| async move { c.embed(r).await })
             .await
         {
             Ok(r) => {

@@ -111,6 +111,23 @@ impl OpenAi {
     }
 }
 
+impl OpenAi {
+    /// Admits the call, then reads its JSON body (only admitted callers get that far).
+    async fn admitted_json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+        body: &[u8],
+        what: &str,
+    ) -> Result<(keel_runtime::Caller, Admission, T), Response> {
+        let (caller, admission) = self.admit(method, headers, peer).await?;
+        let req = serde_json::from_slice(body)
+            .map_err(|e| bad_request("body", format!("the request is not {what}: {e}")))?;
+        Ok((caller, admission, req))
+    }
+}
+
 fn with_headers(mut r: Response, admission: &Admission) -> Response {
     for (k, v) in &admission.response_headers {
         r.headers_mut().insert(k.clone(), v.clone());
@@ -173,17 +190,18 @@ async fn chat(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    // Credentials first, like every method; the body is read only for admitted callers.
-    let (caller, admission) = match api
-        .admit("/keel.v1.InferenceService/Generate", &headers, peer)
+    let (caller, admission, req): (_, _, ChatRequest) = match api
+        .admitted_json(
+            "/keel.v1.InferenceService/Generate",
+            &headers,
+            peer,
+            &body,
+            "a chat completion",
+        )
         .await
     {
         Ok(x) => x,
         Err(r) => return r,
-    };
-    let req: ChatRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request("body", format!("the request is not a chat completion: {e}")),
     };
     let model = req.model.clone();
     let msg = pb::GenerateRequest {
@@ -300,21 +318,18 @@ async fn embeddings(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let (caller, admission) = match api
-        .admit("/keel.v1.InferenceService/Embed", &headers, peer)
+    let (caller, admission, req): (_, _, EmbedRequest) = match api
+        .admitted_json(
+            "/keel.v1.InferenceService/Embed",
+            &headers,
+            peer,
+            &body,
+            "an embeddings request",
+        )
         .await
     {
         Ok(x) => x,
         Err(r) => return r,
-    };
-    let req: EmbedRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return bad_request(
-                "body",
-                format!("the request is not an embeddings request: {e}"),
-            );
-        }
     };
     let base64 = match req.encoding_format.as_deref() {
         None | Some("float") => false,
