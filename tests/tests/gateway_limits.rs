@@ -319,3 +319,25 @@ async fn when_redis_dies_the_gateway_serves_with_local_limits_or_refuses_if_fail
     closed.shutdown().await;
     stack.shutdown().await;
 }
+
+/// A slow caller with a large budget (leases of many calls, most lapsing unused) is charged for
+/// the calls it made, not for whole leases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lapsed_leases_give_their_unused_calls_back() {
+    // 5/s with a burst of 1,000: leases of 50 calls; without refunds, twenty lapsed leases
+    // would spend the whole burst.
+    let stack = TestStack::start_with(|e| {
+        e.with("KEEL_GATEWAY_ANONYMOUS_RATE", "5")
+            .with("KEEL_GATEWAY_ANONYMOUS_BURST", "1000")
+    })
+    .await
+    .unwrap();
+    let gw = connect(&stack.gateway_url()).await.unwrap();
+    for i in 0..25 {
+        tokio::time::sleep(keel_gateway::limits::LEASE_TTL + Duration::from_millis(20)).await;
+        if let Err(st) = call(gw.clone(), "/keel.v1.AuthenticationService/Logout", None).await {
+            assert_ne!(st.code(), Code::ResourceExhausted, "call {i}: {st:?}");
+        }
+    }
+    stack.shutdown().await;
+}

@@ -365,9 +365,14 @@ impl Limiter {
                 .map(|(k, _)| k.as_str())
                 .collect::<Vec<_>>()
                 .join("|");
-            if let Some(d) = self.spend_lease(&lease_key) {
-                metrics::counter!("keel_gateway_ratelimit_leased_total").increment(1);
-                return Ok((d, Source::Redis));
+            match self.spend_lease(&lease_key) {
+                Ok(d) => {
+                    metrics::counter!("keel_gateway_ratelimit_leased_total").increment(1);
+                    return Ok((d, Source::Redis));
+                }
+                // A lease that lapsed unused gives its rest back, so slow callers are charged
+                // for what they used, not for whole leases.
+                Err(unused) => self.refund(keys, unused).await,
             }
             // Take a new lease (this call included); near the limit, fall back to one call.
             match self.check_redis(keys, lease_size).await {
@@ -430,16 +435,21 @@ impl Limiter {
         }
     }
 
-    /// One call on a live lease, if there is one.
-    fn spend_lease(&self, key: &str) -> Option<Decision> {
-        let mut leases = self.leases.lock().ok()?;
-        let l = leases.get_mut(key)?;
+    /// One call on a live lease; otherwise how many calls of a lapsed lease went unused.
+    fn spend_lease(&self, key: &str) -> Result<Decision, u32> {
+        let Ok(mut leases) = self.leases.lock() else {
+            return Err(0);
+        };
+        let Some(l) = leases.get_mut(key) else {
+            return Err(0);
+        };
         if l.left == 0 || l.until <= Instant::now() {
+            let unused = l.left;
             leases.remove(key);
-            return None;
+            return Err(unused);
         }
         l.left -= 1;
-        Some(Decision::Allowed {
+        Ok(Decision::Allowed {
             limit: l.limit,
             remaining: l.left,
             reset: l.reset,
