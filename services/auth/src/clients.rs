@@ -13,7 +13,7 @@ use subtle::ConstantTimeEq;
 use crate::identity::{Error, hash_token, invalid, random_token};
 
 pub use keel_authspec::client::{
-    ClientSpec, GRANT_CLIENT_CREDENTIALS, GRANT_CODE, GRANT_REFRESH, GRANTS, check as check_spec,
+    ClientSpec, GRANT_CLIENT_CREDENTIALS, GRANT_CODE, GRANT_REFRESH, check as check_spec,
 };
 
 /// The `sid` of client-credentials tokens: `client.<client_id>`. Disabling the client revokes

@@ -52,13 +52,7 @@ impl DocumentGateway {
         Fut: std::future::Future<Output = Result<Response<R>, Status>>,
     {
         let tenant = caller(&req)?.tenant.clone();
-        let client_deadline = req
-            .metadata()
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_grpc_timeout);
-        let deadline =
-            Instant::now() + client_deadline.map_or(self.timeout, |d| d.min(self.timeout));
+        let deadline = Instant::now() + time_allowed(&req, self.timeout);
         let msg = req.into_inner();
         let waited = std::sync::Mutex::new(Duration::ZERO);
         let result = keel_resilience::call(
@@ -109,6 +103,15 @@ fn caller<T>(req: &Request<T>) -> Result<&Caller, Status> {
         // The gate admits every routed method with a caller; reaching here is a wiring bug.
         keel_errors::status(keel_errors::Reason::Internal, "internal error", Vec::new())
     })
+}
+
+/// The time a call may take upstream: the client's deadline, or ours when it is shorter.
+fn time_allowed<T>(req: &Request<T>, ours: Duration) -> Duration {
+    req.metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+        .map_or(ours, |d| d.min(ours))
 }
 
 /// `grpc-timeout` is `<digits><unit>` with unit H, M, S, m, u or n.
@@ -216,6 +219,15 @@ struct Reservation {
     input_estimate: u32,
 }
 
+/// The output tokens to reserve: the request's bound, or the default when it names none.
+fn output_reserve(m: &pb::GenerateRequest) -> u32 {
+    if m.max_output_tokens > 0 {
+        m.max_output_tokens as u32
+    } else {
+        DEFAULT_OUTPUT_RESERVE
+    }
+}
+
 fn estimate_input(messages: &[pb::ChatMessage]) -> u32 {
     messages
         .iter()
@@ -248,13 +260,9 @@ impl InferenceGateway {
 
     fn upstream<T>(&self, req: Request<T>) -> Result<Request<T>, Status> {
         let tenant = caller(&req)?.tenant.clone();
-        let client_deadline = req
-            .metadata()
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_grpc_timeout);
+        let allowed = time_allowed(&req, self.timeout);
         let mut up = outgoing(req.into_inner(), &tenant);
-        up.set_timeout(client_deadline.map_or(self.timeout, |d| d.min(self.timeout)));
+        up.set_timeout(allowed);
         Ok(up)
     }
 
@@ -402,11 +410,7 @@ impl pb::inference_service_server::InferenceService for InferenceGateway {
         req: Request<pb::GenerateRequest>,
     ) -> Result<Response<Self::GenerateStream>, Status> {
         let m = req.get_ref();
-        let output = if m.max_output_tokens > 0 {
-            m.max_output_tokens as u32
-        } else {
-            DEFAULT_OUTPUT_RESERVE
-        };
+        let output = output_reserve(m);
         let reservation = self
             .reserve(&req, estimate_input(&m.messages), output)
             .await?;
@@ -448,11 +452,7 @@ impl pb::inference_service_server::InferenceService for InferenceGateway {
         req: Request<pb::GenerateRequest>,
     ) -> Result<Response<pb::CompleteResponse>, Status> {
         let m = req.get_ref();
-        let output = if m.max_output_tokens > 0 {
-            m.max_output_tokens as u32
-        } else {
-            DEFAULT_OUTPUT_RESERVE
-        };
+        let output = output_reserve(m);
         let reservation = self
             .reserve(&req, estimate_input(&m.messages), output)
             .await?;

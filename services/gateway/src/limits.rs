@@ -261,6 +261,7 @@ pub struct Limiter {
     fail_closed: bool,
     anonymous: Rate,
     script: redis::Script,
+    refund_script: redis::Script,
     local: Mutex<Local>,
     leases: Mutex<HashMap<String, Lease>>,
     last_warning: Mutex<Option<Instant>>,
@@ -280,6 +281,7 @@ impl Limiter {
             fail_closed,
             anonymous,
             script: redis::Script::new(GCRA),
+            refund_script: redis::Script::new(REFUND),
             local: Mutex::default(),
             leases: Mutex::default(),
             last_warning: Mutex::new(None),
@@ -317,8 +319,7 @@ impl Limiter {
         }
         let redis = async {
             let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
-            let script = redis::Script::new(REFUND);
-            let mut inv = script.prepare_invoke();
+            let mut inv = self.refund_script.prepare_invoke();
             inv.arg(amount);
             for (k, rate) in keys {
                 inv.key(k).arg(rate.interval_us().round() as i64);
