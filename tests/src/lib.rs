@@ -142,6 +142,8 @@ pub fn base_env(servers: &Servers, id: &str, database_urls: &[String]) -> Env {
         ("KEEL_AUTH_ADMIN_TOKEN", test_master_key()),
         // Every test logs in from 127.0.0.1; the per-source budget has tests of its own.
         ("KEEL_GATEWAY_ANONYMOUS_BURST", "100000".into()),
+        // keel-tiny's failure variants (slow, stall, flaky, timeout) for the tests that use them.
+        ("KEEL_INFERENCE_FAULT_MODELS", "true".into()),
     ]);
     // The issuer must be the URL the auth service is really reached at (OIDC discovery checks
     // it), so its HTTP port is chosen here rather than by the kernel at bind time.
@@ -565,4 +567,131 @@ pub async fn http_post_form(
     )
     .await?;
     Ok((r.status, r.text()))
+}
+
+/// Servers of a test's own, which it may kill and restart (the shared ones must stay up for the
+/// other tests). The binaries are the ones `cargo xtask test` installed.
+pub mod own {
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use super::free_port;
+
+    fn binary(var: &str) -> String {
+        #[allow(clippy::disallowed_methods)]
+        std::env::var(var).unwrap_or_else(|_| panic!("{var}: run through `cargo xtask test`"))
+    }
+
+    async fn wait_port(port: u16, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "{what} did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A Redis of this test's own.
+    pub struct Redis {
+        child: Child,
+        pub url: String,
+    }
+
+    impl Redis {
+        pub async fn start() -> Redis {
+            let port = free_port();
+            let child = Command::new(binary("KEEL_TEST_REDIS_SERVER"))
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("starting redis-server");
+            wait_port(port, "redis").await;
+            Redis {
+                child,
+                url: format!("redis://127.0.0.1:{port}"),
+            }
+        }
+
+        pub fn kill(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    impl Drop for Redis {
+        fn drop(&mut self) {
+            self.kill();
+        }
+    }
+
+    /// A nats-server with JetStream of this test's own; restarts keep its port and its store.
+    pub struct Nats {
+        child: Option<Child>,
+        port: u16,
+        store: std::path::PathBuf,
+        pub url: String,
+    }
+
+    impl Nats {
+        pub async fn start() -> Nats {
+            let port = free_port();
+            let store =
+                std::env::temp_dir().join(format!("keel-test-nats-{port}-{}", std::process::id()));
+            let mut n = Nats {
+                child: None,
+                port,
+                store,
+                url: format!("nats://127.0.0.1:{port}"),
+            };
+            n.restart().await;
+            n
+        }
+
+        /// Starts it (again) on the same port with the same store.
+        pub async fn restart(&mut self) {
+            self.kill();
+            let child = Command::new(binary("KEEL_TEST_NATS_SERVER"))
+                .args([
+                    "-js",
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-sd",
+                ])
+                .arg(&self.store)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("starting nats-server");
+            self.child = Some(child);
+            wait_port(self.port, "nats-server").await;
+        }
+
+        /// SIGKILL: no goodbye to clients.
+        pub fn kill(&mut self) {
+            if let Some(mut c) = self.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    impl Drop for Nats {
+        fn drop(&mut self) {
+            self.kill();
+            let _ = std::fs::remove_dir_all(&self.store);
+        }
+    }
 }

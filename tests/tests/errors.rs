@@ -71,6 +71,21 @@ async fn the_gateway_refuses_bad_credentials_precisely() {
     docs.create_document(req).await.unwrap();
 
     // A contract method this deployment does not serve yet still demands credentials first.
+    let mut usage = pb::usage_service_client::UsageServiceClient::new(
+        connect(&stack.gateway_url()).await.unwrap(),
+    );
+    let st = usage
+        .get_usage(tonic::Request::new(pb::GetUsageRequest::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::Unauthenticated);
+    let st = usage
+        .get_usage(authed(pb::GetUsageRequest::default(), &tok_acme))
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::Unimplemented);
+
+    // The tenant's models: credentials first, then the catalogue.
     let mut models = pb::model_service_client::ModelServiceClient::new(
         connect(&stack.gateway_url()).await.unwrap(),
     );
@@ -79,11 +94,29 @@ async fn the_gateway_refuses_bad_credentials_precisely() {
         .await
         .unwrap_err();
     assert_eq!(st.code(), Code::Unauthenticated);
-    let st = models
+    let listed = models
         .list_models(authed(pb::ListModelsRequest::default(), &tok_acme))
         .await
-        .unwrap_err();
-    assert_eq!(st.code(), Code::Unimplemented);
+        .unwrap()
+        .into_inner();
+    let names: Vec<&str> = listed.models.iter().map(|m| m.name.as_str()).collect();
+    assert!(
+        names.contains(&"keel-tiny") && names.contains(&"keel-embed"),
+        "{names:?}"
+    );
+    let page = models
+        .list_models(authed(
+            pb::ListModelsRequest {
+                page_size: 2,
+                page_token: String::new(),
+            },
+            &tok_acme,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.models.len(), 2);
+    assert_eq!(page.next_page_token, "2");
     stack.shutdown().await;
 }
 

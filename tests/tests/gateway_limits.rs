@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use keel_gateway::routes::{Access, ROUTES};
 use keel_proto::public as pb;
-use keel_tests::{TestStack, authed, connect, free_port};
+use keel_tests::{TestStack, authed, connect};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -220,59 +220,9 @@ async fn two_replicas(tier: &str) {
     stack.shutdown().await;
 }
 
-/// A Redis of this test's own, which it can kill.
-struct OwnRedis {
-    child: std::process::Child,
-    url: String,
-}
-
-impl OwnRedis {
-    async fn start() -> OwnRedis {
-        #[allow(clippy::disallowed_methods)]
-        let bin = std::env::var("KEEL_TEST_REDIS_SERVER")
-            .expect("KEEL_TEST_REDIS_SERVER: run through `cargo xtask test`");
-        let port = free_port();
-        let child = std::process::Command::new(bin)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let url = format!("redis://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "redis did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        OwnRedis { child, url }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn when_redis_dies_the_gateway_serves_with_local_limits_or_refuses_if_fail_closed() {
-    let mut redis = OwnRedis::start().await;
+    let mut redis = keel_tests::own::Redis::start().await;
     let url = redis.url.clone();
     let stack = TestStack::start_with(|e| e.with("KEEL_REDIS_URL", url))
         .await

@@ -24,7 +24,8 @@ async fn health_turns_serving_only_once_postgres_answers() {
         .unwrap();
     let url = format!("http://{}", app.grpc_addr());
 
-    // Readiness rounds (100 ms apart) run until NATS and Redis answer; Postgres never does, so
+    // Readiness rounds (100 ms apart) run until NATS answers and the warm-up is done; Postgres
+    // never answers, so
     // it stays NOT_SERVING and says why.
     let admin = app.admin_addr();
     let (code, body) = eventually(
@@ -33,7 +34,10 @@ async fn health_turns_serving_only_once_postgres_answers() {
         || async {
             let (code, body) = admin_get(admin, "/readyz").await?;
             let v: serde_json::Value = serde_json::from_str(&body)?;
-            Ok((v["checks"]["nats"] == "ok" && v["checks"]["redis"] == "ok").then_some((code, v)))
+            Ok(
+                (v["checks"]["nats"] == "ok" && v["checks"]["warm-up"] == "ok")
+                    .then_some((code, v)),
+            )
         },
     )
     .await

@@ -179,20 +179,41 @@ async fn totp_enrolment_each_code_once_recovery_codes_step_up_and_session_ending
     // An MFA token completes one login only.
     assert!(verify(&mut auth, &c.mfa_token, &recovery[1]).await.is_err());
 
-    // with acr=mfa and a fresh auth_time, model export passes the gate (and meets a
-    // method this deployment does not serve yet).
+    // with acr=mfa and a fresh auth_time, model export passes the gate and streams the
+    // artefact, whose digest comes with the last chunk; the export is audited.
     let mut models = pb::model_service_client::ModelServiceClient::new(
         connect(&stack.gateway_url()).await.unwrap(),
     );
     let export = || pb::ExportModelRequest {
         name: "keel-tiny".into(),
-        version: "1".into(),
+        version: "keel-tiny@1".into(),
     };
-    let st = models
+    let mut stream = models
         .export_model(authed(export(), &mfa_session.access_token))
         .await
-        .unwrap_err();
-    assert_eq!(st.code(), Code::Unimplemented, "{st:?}");
+        .unwrap()
+        .into_inner();
+    let (mut artefact, mut digest) = (Vec::new(), String::new());
+    while let Some(chunk) = stream.message().await.unwrap() {
+        assert_eq!(chunk.offset, artefact.len() as u64);
+        artefact.extend_from_slice(&chunk.data);
+        digest = chunk.sha256;
+    }
+    {
+        use sha2::Digest;
+        assert_eq!(digest, hex_lower(&sha2::Sha256::digest(&artefact)));
+    }
+    let manifest: serde_json::Value = serde_json::from_slice(&artefact).unwrap();
+    assert_eq!(manifest["version"], "keel-tiny@1");
+    assert!(manifest["vocabulary"].as_array().unwrap().len() > 10);
+    let shard = stack.shard(stack.shard_of("acme")).await.unwrap();
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM inference.outbox WHERE tenant_id = 'acme' AND kind = 'audit.model.exported'",
+    )
+    .fetch_one(&shard)
+    .await
+    .unwrap();
+    assert_eq!(audited, 1, "the export is audited");
 
     // Step-up: a new session with a new ID; the old one ends (ASVS 7.2.4).
     let stepped = auth
@@ -286,4 +307,8 @@ async fn r31_wrong_codes_are_limited_per_user() {
     // The limit is reached: even the right code is refused now.
     assert!(verify(&mut auth, &parked.mfa_token, &right).await.is_err());
     stack.shutdown().await;
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -37,6 +37,7 @@ pub struct Stack {
     pg_data: PathBuf,
     pg_as_postgres: bool,
     redis_server: PathBuf,
+    nats_server: PathBuf,
     children: Vec<(&'static str, Child)>,
 }
 
@@ -140,6 +141,7 @@ impl Stack {
             pg_data: dir.join("postgres/data"),
             pg_as_postgres: tools.pg_as_postgres,
             redis_server: tools.redis_server.clone(),
+            nats_server: tools.nats_server.clone(),
             children: Vec::new(),
         };
         stack.start_postgres(tools, &dir, profile)?;
@@ -337,6 +339,11 @@ impl Stack {
             (
                 "KEEL_TEST_REDIS_SERVER".into(),
                 self.redis_server.display().to_string(),
+            ),
+            // For tests that stop and restart a nats-server of their own.
+            (
+                "KEEL_TEST_NATS_SERVER".into(),
+                self.nats_server.display().to_string(),
             ),
         ]
     }

@@ -151,6 +151,11 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
                 .env("KEEL_INFERENCE_URL", &inference_url)
                 .env("KEEL_AUTH_MASTER_KEY", &master_key)
                 .env("KEEL_AUTH_ADMIN_TOKEN", &admin_token)
+                // A developer's stack offers keel-tiny's failure variants to try against.
+                .env(
+                    "KEEL_INFERENCE_FAULT_MODELS",
+                    setting("KEEL_INFERENCE_FAULT_MODELS", "true"),
+                )
                 .stdin(Stdio::null())
                 .stdout(out.try_clone()?)
                 .stderr(out)

@@ -80,14 +80,15 @@ pub struct Permit {
 }
 
 pub struct Breaker {
-    name: &'static str,
+    name: String,
     cfg: BreakerConfig,
     inner: Mutex<Inner>,
 }
 
 impl Breaker {
-    pub fn new(name: &'static str, cfg: BreakerConfig) -> Self {
-        metrics::gauge!("keel_breaker_state", "downstream" => name).set(0.0);
+    pub fn new(name: impl Into<String>, cfg: BreakerConfig) -> Self {
+        let name = name.into();
+        metrics::gauge!("keel_breaker_state", "downstream" => name.clone()).set(0.0);
         Breaker {
             name,
             cfg,
@@ -109,9 +110,9 @@ impl Breaker {
         if inner.state == to {
             return;
         }
-        tracing::warn!(downstream = self.name, from = ?inner.state, to = ?to, "circuit breaker");
-        metrics::gauge!("keel_breaker_state", "downstream" => self.name).set(to.gauge());
-        metrics::counter!("keel_breaker_transitions_total", "downstream" => self.name, "to" => format!("{to:?}").to_lowercase()).increment(1);
+        tracing::warn!(downstream = %self.name, from = ?inner.state, to = ?to, "circuit breaker");
+        metrics::gauge!("keel_breaker_state", "downstream" => self.name.clone()).set(to.gauge());
+        metrics::counter!("keel_breaker_transitions_total", "downstream" => self.name.clone(), "to" => format!("{to:?}").to_lowercase()).increment(1);
         inner.state = to;
         match to {
             State::Open => inner.opened_at = Some(now),

@@ -142,6 +142,8 @@ pub struct Shards {
     pools: Vec<PgPool>,
     schema: &'static str,
     migrated: std::sync::Arc<tokio::sync::OnceCell<()>>,
+    /// The role tenant transactions run as (row-level security), when the schema has one.
+    tenant_role: Option<&'static str>,
 }
 
 impl Shards {
@@ -171,7 +173,15 @@ impl Shards {
             pools,
             schema,
             migrated: Default::default(),
+            tenant_role: None,
         })
+    }
+
+    /// Tenant transactions ([`Shards::begin`]) switch to `role` for their duration: a role
+    /// that the schema's row-level security policies confine to the `keel.tenant_id` rows.
+    pub fn with_tenant_role(mut self, role: &'static str) -> Self {
+        self.tenant_role = Some(role);
+        self
     }
 
     /// Creates the service's schema and applies its migrations on every shard. Safe to run from
@@ -220,16 +230,30 @@ impl Shards {
     }
 
     /// Begins a transaction on the tenant's shard with `keel.tenant_id` set for its duration
-    /// (for row-level security policies and for audit triggers).
+    /// (for row-level security policies and for audit triggers) and, when the service has a
+    /// tenant role ([`Shards::with_tenant_role`]), running as that role: one round trip.
     pub async fn begin(
         &self,
         tenant: &TenantId,
     ) -> Result<Transaction<'static, Postgres>, StoreError> {
         let mut tx = self.pool(tenant).begin().await?;
-        sqlx::query("SELECT set_config('keel.tenant_id', $1, true)")
-            .bind(tenant.as_str())
-            .execute(&mut *tx)
-            .await?;
+        match self.tenant_role {
+            Some(role) => {
+                sqlx::query(
+                    "SELECT set_config('keel.tenant_id', $1, true), set_config('role', $2, true)",
+                )
+                .bind(tenant.as_str())
+                .bind(role)
+                .execute(&mut *tx)
+                .await?
+            }
+            None => {
+                sqlx::query("SELECT set_config('keel.tenant_id', $1, true)")
+                    .bind(tenant.as_str())
+                    .execute(&mut *tx)
+                    .await?
+            }
+        };
         Ok(tx)
     }
 

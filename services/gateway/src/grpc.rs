@@ -506,6 +506,84 @@ impl pb::inference_service_server::InferenceService for InferenceGateway {
     }
 }
 
+/// `keel.v1.ModelService`: the tenant's models and the (step-up) export of a built-in model,
+/// forwarded to inference's `Models` with the admitted subject for the audit record.
+pub struct ModelGateway {
+    models: keel_proto::inference::models_client::ModelsClient<Channel>,
+    timeout: Duration,
+}
+
+/// An export streams a few kilobytes to megabytes; this bounds it when the client sets none.
+pub const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl ModelGateway {
+    pub fn new(inference: Channel, timeout: Duration) -> Self {
+        ModelGateway {
+            models: keel_proto::inference::models_client::ModelsClient::new(inference),
+            timeout,
+        }
+    }
+
+    /// The models the caller's tenant may call (shared with the OpenAI-compatible surface).
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        req: pb::ListModelsRequest,
+    ) -> Result<pb::ListModelsResponse, Status> {
+        let mut up = outgoing(req, &caller.tenant);
+        up.set_timeout(self.timeout);
+        self.models
+            .clone()
+            .list_models(up)
+            .await
+            .map(Response::into_inner)
+            .map_err(keel_errors::forward)
+    }
+}
+
+type ExportStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<pb::ExportModelChunk, Status>> + Send + 'static>,
+>;
+
+#[tonic::async_trait]
+impl pb::model_service_server::ModelService for ModelGateway {
+    type ExportModelStream = ExportStream;
+
+    async fn list_models(
+        &self,
+        req: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
+        let caller = caller(&req)?.clone();
+        Ok(Response::new(self.list(&caller, req.into_inner()).await?))
+    }
+
+    async fn export_model(
+        &self,
+        req: Request<pb::ExportModelRequest>,
+    ) -> Result<Response<Self::ExportModelStream>, Status> {
+        use futures::StreamExt;
+        let caller = caller(&req)?.clone();
+        let allowed = time_allowed(&req, DEFAULT_EXPORT_TIMEOUT);
+        let mut up = outgoing(
+            keel_proto::inference::ExportModelCall {
+                request: Some(req.into_inner()),
+                subject: caller.subject.clone(),
+            },
+            &caller.tenant,
+        );
+        up.set_timeout(allowed);
+        let stream = self
+            .models
+            .clone()
+            .export_model(up)
+            .await
+            .map_err(keel_errors::forward)?
+            .into_inner()
+            .map(|r| r.map_err(keel_errors::forward));
+        Ok(Response::new(stream.boxed()))
+    }
+}
+
 /// `keel.v1.AuthenticationService`: the login flows, forwarded to auth (anonymous routes: the
 /// gate admits them without a caller).
 pub struct AuthenticationGateway {

@@ -152,7 +152,11 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
         gate.limiter(),
         tasks.clone(),
     ));
-    let openai = openai::router(gate.clone(), inference_edge.clone());
+    let models_edge = Arc::new(grpc::ModelGateway::new(
+        inference.clone(),
+        cfg.upstream_timeout,
+    ));
+    let openai = openai::router(gate.clone(), inference_edge.clone(), models_edge.clone());
     let routes = tonic::service::Routes::new(
         keel_proto::public::document_service_server::DocumentServiceServer::new(
             grpc::DocumentGateway::new(
@@ -173,6 +177,9 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
         .max_decoding_message_size(MAX_INFERENCE_MESSAGE_BYTES),
     )
     .add_service(
+        keel_proto::public::model_service_server::ModelServiceServer::from_arc(models_edge),
+    )
+    .add_service(
         keel_proto::public::authentication_service_server::AuthenticationServiceServer::new(
             grpc::AuthenticationGateway::new(auth.clone(), cfg.upstream_timeout),
         )
@@ -186,6 +193,7 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
             grpc_services: vec![
                 "keel.v1.DocumentService",
                 "keel.v1.InferenceService",
+                "keel.v1.ModelService",
                 "keel.v1.AuthenticationService",
             ],
             routes,

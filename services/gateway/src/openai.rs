@@ -33,6 +33,7 @@ pub struct OpenAi {
     gate: Arc<AuthGate>,
     /// The same edge gRPC callers use: deadlines and model-token budgets apply alike.
     inference: Arc<crate::grpc::InferenceGateway>,
+    models: Arc<crate::grpc::ModelGateway>,
 }
 
 /// OpenAI's error shape, with keel's reason as the `code`.
@@ -377,22 +378,45 @@ async fn embeddings(
     }
 }
 
-async fn models(
+async fn list_models(
     State(api): State<Arc<OpenAi>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    let admission = match api
+    let (caller, admission) = match api
         .admit("/keel.v1.ModelService/ListModels", &headers, peer)
         .await
     {
-        Ok((_, a)) => a,
+        Ok(x) => x,
         Err(r) => return r,
     };
-    let data: Vec<Value> = ["keel-tiny", "keel-embed"]
-        .iter()
-        .map(|m| json!({ "id": m, "object": "model", "created": 0, "owned_by": "keel" }))
-        .collect();
+    let mut data: Vec<Value> = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = match api
+            .models
+            .list(
+                &caller,
+                pb::ListModelsRequest {
+                    page_size: 0,
+                    page_token,
+                },
+            )
+            .await
+        {
+            Ok(p) => p,
+            Err(st) => return with_headers(error(&st), &admission),
+        };
+        data.extend(
+            page.models.iter().map(
+                |m| json!({ "id": m.name, "object": "model", "created": 0, "owned_by": "keel" }),
+            ),
+        );
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
     with_headers(
         (
             StatusCode::OK,
@@ -403,12 +427,20 @@ async fn models(
     )
 }
 
-pub fn router(gate: Arc<AuthGate>, inference: Arc<crate::grpc::InferenceGateway>) -> Router {
-    let api = Arc::new(OpenAi { gate, inference });
+pub fn router(
+    gate: Arc<AuthGate>,
+    inference: Arc<crate::grpc::InferenceGateway>,
+    models: Arc<crate::grpc::ModelGateway>,
+) -> Router {
+    let api = Arc::new(OpenAi {
+        gate,
+        inference,
+        models,
+    });
     Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/embeddings", post(embeddings))
-        .route("/v1/models", get(models))
+        .route("/v1/models", get(list_models))
         .layer(axum::extract::DefaultBodyLimit::max(
             crate::MAX_INFERENCE_MESSAGE_BYTES,
         ))

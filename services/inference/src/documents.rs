@@ -216,14 +216,16 @@ impl Documents {
 
     #[tracing::instrument(name = "documents.get", skip_all, fields(db.system = "postgresql"))]
     pub async fn get(&self, tenant: &TenantId, id: Uuid) -> Result<Document> {
+        let mut tx = self.shards.begin(tenant).await?;
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM documents WHERE tenant_id = $1 AND id = $2"
         )))
         .bind(tenant.as_str())
         .bind(id)
-        .fetch_optional(self.shards.pool(tenant))
+        .fetch_optional(&mut *tx)
         .await?
         .ok_or(Error::DocumentNotFound(id))?;
+        tx.commit().await?;
         row_to_document(&row, true)
     }
 
@@ -236,6 +238,7 @@ impl Documents {
         after: Option<Uuid>,
         with_content: bool,
     ) -> Result<(Vec<Document>, String)> {
+        let mut tx = self.shards.begin(tenant).await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM documents
              WHERE tenant_id = $1 AND ($2::uuid IS NULL OR id < $2)
@@ -244,8 +247,9 @@ impl Documents {
         .bind(tenant.as_str())
         .bind(after)
         .bind(page_size + 1)
-        .fetch_all(self.shards.pool(tenant))
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         let mut docs = rows
             .iter()
             .map(|r| row_to_document(r, with_content))

@@ -19,8 +19,30 @@ pub enum Error {
     VersionConflict { expected: i64, actual: i64 },
     #[error("page token is not valid for this query")]
     PageTokenInvalid,
+    #[error("model {version} gave no {phase} within its timeout")]
+    ModelTimeout {
+        version: String,
+        /// "first_token" or "call".
+        phase: &'static str,
+    },
+    #[error("model {version} is unavailable: {why}")]
+    ModelUnavailable { version: String, why: String },
+    /// The upstream refused the request itself (a 4xx that is the request's fault).
+    #[error("model {version} refused the request: {message}")]
+    ModelRejected { version: String, message: String },
     #[error(transparent)]
     Store(#[from] keel_store::StoreError),
+}
+
+impl Error {
+    /// Whether the failure says something about the model's health (counts against its
+    /// breaker, and lets a fallback version serve) rather than about the request.
+    pub fn is_model_failure(&self) -> bool {
+        matches!(
+            self,
+            Error::ModelTimeout { .. } | Error::ModelUnavailable { .. }
+        )
+    }
 }
 
 impl From<sqlx::Error> for Error {
@@ -37,6 +59,9 @@ impl KeelError for Error {
             Error::IdempotencyKeyReused => Reason::IdempotencyKeyReused,
             Error::VersionConflict { .. } => Reason::VersionConflict,
             Error::PageTokenInvalid => Reason::PageTokenInvalid,
+            Error::ModelTimeout { .. } => Reason::DeadlineExceeded,
+            Error::ModelUnavailable { .. } => Reason::Unavailable,
+            Error::ModelRejected { .. } => Reason::InvalidArgument,
             Error::Store(e) => e.reason(),
         }
     }
@@ -49,6 +74,15 @@ impl KeelError for Error {
                 ("field", "model".into()),
             ],
             Error::PageTokenInvalid => vec![("field", "page_token".into())],
+            Error::ModelTimeout { version, phase } => vec![
+                ("model_version", version.clone()),
+                ("timeout", (*phase).to_owned()),
+            ],
+            Error::ModelUnavailable { version, .. } => vec![("model_version", version.clone())],
+            Error::ModelRejected { version, .. } => vec![
+                ("model_version", version.clone()),
+                ("field", "messages".into()),
+            ],
             Error::Store(e) => e.details(),
             _ => Vec::new(),
         }

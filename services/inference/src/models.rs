@@ -9,8 +9,6 @@
 
 use std::time::Duration;
 
-use crate::Error;
-
 pub const TINY: &str = "keel-tiny";
 pub const TINY_VERSION: &str = "keel-tiny@1";
 pub const EMBED: &str = "keel-embed";
@@ -108,35 +106,21 @@ pub fn count_tokens(text: &str) -> u32 {
 }
 
 impl Plan {
-    /// `prompt`: the conversation, rendered; `seed`: the caller's (or `None`).
+    /// `prompt`: the conversation, rendered; `seed`: the caller's (or `None`); `salt`: the
+    /// version's (0 for keel-tiny@1). Limits are checked by the caller against the version.
     pub fn new(
         prompt: &str,
-        max_output_tokens: i32,
+        max_output_tokens: u32,
         temperature: f32,
         seed: Option<u64>,
-    ) -> Result<Plan, Error> {
-        if !(0.0..=2.0).contains(&temperature) || temperature.is_nan() {
-            return Err(Error::InvalidArgument {
-                field: "temperature",
-                problem: "must be between 0 and 2".into(),
-            });
-        }
-        if max_output_tokens < 0 || max_output_tokens as u32 > MAX_OUTPUT_TOKENS {
-            return Err(Error::InvalidArgument {
-                field: "max_output_tokens",
-                problem: format!("must be between 0 and {MAX_OUTPUT_TOKENS}"),
-            });
-        }
-        let input_tokens = count_tokens(prompt);
-        if input_tokens > MAX_PROMPT_TOKENS {
-            return Err(Error::InvalidArgument {
-                field: "messages",
-                problem: format!(
-                    "the prompt is {input_tokens} tokens; {TINY} takes at most {MAX_PROMPT_TOKENS}"
-                ),
-            });
-        }
+        salt: u64,
+    ) -> Plan {
         let h = fnv(prompt.as_bytes(), FNV_OFFSET);
+        let h = if salt == 0 {
+            h
+        } else {
+            fnv(&salt.to_le_bytes(), h)
+        };
         // Temperature 0 is greedy: the prompt alone decides. Otherwise the seed does (a random
         // one when the caller gives none), together with the temperature.
         let state = if temperature == 0.0 {
@@ -148,15 +132,11 @@ impl Plan {
                 fnv(&seed.to_le_bytes(), h),
             )
         };
-        Ok(Plan {
-            input_tokens,
-            max_output_tokens: if max_output_tokens == 0 {
-                DEFAULT_MAX_OUTPUT_TOKENS
-            } else {
-                max_output_tokens as u32
-            },
+        Plan {
+            input_tokens: count_tokens(prompt),
+            max_output_tokens,
             state: state | 1,
-        })
+        }
     }
 
     fn next_u64(&mut self) -> u64 {
@@ -197,12 +177,39 @@ pub fn embed(text: &str) -> Vec<f32> {
     v
 }
 
+/// The exportable artefact of a built-in model: everything needed to reproduce its output
+/// (a JSON manifest with the parameters; keel-tiny's are its vocabulary and salt).
+pub fn artefact(name: &str, version: &str, salt: Option<u64>) -> Vec<u8> {
+    let body = match salt {
+        Some(salt) => serde_json::json!({
+            "format": "keel-model/1",
+            "name": name,
+            "version": version,
+            "kind": "chat",
+            "algorithm": "FNV-1a 64 of the rendered prompt (salted per version), mixed with seed and temperature unless temperature is 0; xorshift64* draws; token = vocabulary[(draw >> 8) % len]; stop when draw % 23 == 0 after 4 tokens",
+            "salt": salt,
+            "max_prompt_tokens": MAX_PROMPT_TOKENS,
+            "max_output_tokens": MAX_OUTPUT_TOKENS,
+            "vocabulary": VOCABULARY,
+        }),
+        None => serde_json::json!({
+            "format": "keel-model/1",
+            "name": name,
+            "version": version,
+            "kind": "embedding",
+            "algorithm": "lower-cased text padded with two spaces; each character trigram hashed with FNV-1a 64; index = hash % dimensions, sign = bit 32; summed, then scaled to unit length",
+            "dimensions": EMBED_DIMENSIONS,
+        }),
+    };
+    serde_json::to_vec_pretty(&body).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn run(prompt: &str, temperature: f32, seed: Option<u64>) -> Vec<&'static str> {
-        let mut p = Plan::new(prompt, 50, temperature, seed).unwrap();
+        let mut p = Plan::new(prompt, 50, temperature, seed, 0);
         let mut out = Vec::new();
         while (out.len() as u32) < p.max_output_tokens {
             match p.next_token(out.len() as u32) {
@@ -232,12 +239,12 @@ mod tests {
     }
 
     #[test]
-    fn bad_parameters_are_refused_by_name() {
-        assert!(Plan::new("x", 10, 2.5, None).is_err());
-        assert!(Plan::new("x", -1, 0.0, None).is_err());
-        assert!(Plan::new("x", 5000, 0.0, None).is_err());
-        let long = "w ".repeat(MAX_PROMPT_TOKENS as usize + 1);
-        assert!(Plan::new(&long, 10, 0.0, None).is_err());
+    fn versions_answer_differently() {
+        let mut a = Plan::new("hello there", 20, 0.0, None, 0);
+        let mut b = Plan::new("hello there", 20, 0.0, None, 7);
+        let ta: Vec<_> = (0..4).filter_map(|i| a.next_token(i)).collect();
+        let tb: Vec<_> = (0..4).filter_map(|i| b.next_token(i)).collect();
+        assert_ne!(ta, tb);
     }
 
     fn cosine(a: &[f32], b: &[f32]) -> f32 {
