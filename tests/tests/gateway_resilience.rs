@@ -349,3 +349,121 @@ async fn oversized_requests_are_refused_precisely_before_any_work() {
     gateway.shutdown().await;
     stack.shutdown().await;
 }
+
+/// Model calls have their own breaker at the gateway. A failing *model* (inference answers,
+/// naming the model version) never opens it — other models keep working — while a failing
+/// *inference service* does, and it closes again when inference is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_model_breaker_opens_for_a_failing_inference_not_for_a_failing_model() {
+    use keel_openai::mock::{Behaviour, MockUpstream};
+    let mock = MockUpstream::start().await.unwrap();
+    mock.set(Behaviour::Fail(503));
+    let models = format!(
+        r#"
+        [[model]]
+        name = "up-down"
+        version = "up-down@1"
+        kind = "chat"
+        provider = "openai"
+        base_url = "{}"
+        "#,
+        mock.base_url()
+    );
+    let port = keel_tests::free_port();
+    let stack = TestStack::start_with(|e| {
+        e.with("KEEL_INFERENCE_MODELS", models)
+            .with("KEEL_GATEWAY_BREAKER_MIN_CALLS", "10")
+            .with("KEEL_GATEWAY_BREAKER_OPEN_FOR", "500ms")
+    })
+    .await
+    .unwrap();
+    let token = stack.tenant_token("acme").await.unwrap();
+    let inference_env = stack
+        .env
+        .clone()
+        .with("KEEL_INFERENCE_GRPC_ADDR", format!("127.0.0.1:{port}"))
+        .with("KEEL_INFERENCE_ADMIN_ADDR", "127.0.0.1:0");
+    let start_inference = || async {
+        keel_inference::start(keel_inference::Config::from_env(&inference_env).unwrap())
+            .await
+            .unwrap()
+    };
+    let own_inference = start_inference().await;
+    let gateway = keel_gateway::start(
+        keel_gateway::Config::from_env(
+            &stack
+                .env
+                .clone()
+                .with("KEEL_GATEWAY_GRPC_ADDR", "127.0.0.1:0")
+                .with("KEEL_GATEWAY_ADMIN_ADDR", "127.0.0.1:0")
+                .with("KEEL_INFERENCE_URL", format!("http://127.0.0.1:{port}")),
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut client = pb::inference_service_client::InferenceServiceClient::new(
+        connect(&format!("http://{}", gateway.grpc_addr()))
+            .await
+            .unwrap(),
+    );
+    let request = |model: &str| {
+        authed(
+            pb::GenerateRequest {
+                model: model.into(),
+                messages: vec![pb::ChatMessage {
+                    role: "user".into(),
+                    content: "hello".into(),
+                }],
+                max_output_tokens: 4,
+                temperature: 0.5,
+                ..Default::default()
+            },
+            &token,
+        )
+    };
+
+    // A failing model: each call fails precisely, naming the version; the gateway's breaker
+    // stays closed and another model still answers.
+    for _ in 0..25 {
+        let st = client.complete(request("up-down")).await.unwrap_err();
+        assert_eq!(st.code(), Code::Unavailable, "{st:?}");
+        assert!(!st.message().contains("circuit open"), "{st:?}");
+        assert_eq!(
+            keel_tests::detail(&st, "model_version").as_deref(),
+            Some("up-down@1")
+        );
+    }
+    client.complete(request("keel-tiny")).await.unwrap();
+
+    // A failing inference service: the breaker opens and refuses at the gateway.
+    own_inference.shutdown().await;
+    let mut opened = false;
+    for _ in 0..40 {
+        let st = client.complete(request("keel-tiny")).await.unwrap_err();
+        assert_eq!(st.code(), Code::Unavailable, "{st:?}");
+        if st.message().contains("circuit open") {
+            opened = true;
+            break;
+        }
+    }
+    assert!(opened, "the model breaker opened");
+
+    // Inference comes back on the same address: probes pass and the breaker closes.
+    let own_inference = start_inference().await;
+    eventually(Duration::from_secs(20), "model breaker closed", || async {
+        let mut client = client.clone();
+        let mut ok = 0;
+        for _ in 0..5 {
+            if client.complete(request("keel-tiny")).await.is_ok() {
+                ok += 1;
+            }
+        }
+        Ok((ok == 5).then_some(()))
+    })
+    .await
+    .unwrap();
+    gateway.shutdown().await;
+    own_inference.shutdown().await;
+    stack.shutdown().await;
+}

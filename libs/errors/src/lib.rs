@@ -234,6 +234,14 @@ pub fn forward(st: Status) -> Status {
     status(reason, message, details)
 }
 
+/// Whether the status reports a model's failure (it names the `model_version`): the service
+/// that answered is healthy, the model behind it is not. A caller's breaker for that service
+/// must not count it, or one failing upstream model would cut off every other model.
+pub fn is_model_failure(st: &Status) -> bool {
+    st.get_details_error_info()
+        .is_some_and(|i| i.domain == DOMAIN && i.metadata.contains_key("model_version"))
+}
+
 /// Detail keys that may cross a hop (ErrorInfo metadata keys are `&'static str` on our side).
 fn known_detail_key(k: &str) -> Option<&'static str> {
     [
@@ -242,6 +250,8 @@ fn known_detail_key(k: &str) -> Option<&'static str> {
         "tenant_id",
         "retry_after_ms",
         "dependency",
+        "model_version",
+        "timeout",
     ]
     .into_iter()
     .find(|known| *known == k)

@@ -15,12 +15,13 @@ pub fn is_transient(code: Code) -> bool {
     matches!(code, Code::Unavailable)
 }
 
-/// Codes that count against a downstream's health.
-fn is_failure(code: Code) -> bool {
+/// Answers that count against a downstream's health: the codes of an unhealthy server, unless
+/// the downstream attributes them to a model behind it (it answered; the model failed).
+fn is_failure(st: &Status) -> bool {
     matches!(
-        code,
+        st.code(),
         Code::Unavailable | Code::DeadlineExceeded | Code::Internal | Code::Unknown
-    )
+    ) && !keel_errors::is_model_failure(st)
 }
 
 #[derive(Debug, Clone)]
@@ -129,7 +130,7 @@ where
         };
         let started = Instant::now();
         let result = attempt().await;
-        let failed = matches!(&result, Err(st) if is_failure(st.code()));
+        let failed = matches!(&result, Err(st) if is_failure(st));
         breaker.record(permit, Instant::now(), failed, started.elapsed());
         match result {
             Err(st)

@@ -236,10 +236,15 @@ fn estimate_input(messages: &[pb::ChatMessage]) -> u32 {
 }
 
 impl InferenceGateway {
+    /// `breaker`: the gateway's breaker settings; model calls get a breaker of their own with
+    /// them. It guards against an unhealthy inference service: a model's own failure (a
+    /// status naming its `model_version`) does not count, inference's per-version breakers
+    /// handle those.
     pub fn new(
         inference: Channel,
         limiter: Arc<crate::limits::Limiter>,
         tasks: keel_runtime::Tasks,
+        breaker: keel_resilience::BreakerConfig,
     ) -> Self {
         InferenceGateway {
             inference: keel_proto::inference::generation_client::GenerationClient::new(inference),
@@ -249,9 +254,9 @@ impl InferenceGateway {
             breaker: Breaker::new(
                 "models",
                 keel_resilience::BreakerConfig {
-                    // Generations are long by nature; only errors count against the model.
+                    // Generations are long by nature; only errors count.
                     slow_call: Duration::MAX,
-                    ..keel_resilience::BreakerConfig::default()
+                    ..breaker
                 },
             ),
             budget: RetryBudget::new(0.0, 0.0),

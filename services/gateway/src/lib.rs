@@ -151,6 +151,7 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
         inference.clone(),
         gate.limiter(),
         tasks.clone(),
+        cfg.breaker.clone(),
     ));
     let models_edge = Arc::new(grpc::ModelGateway::new(
         inference.clone(),
