@@ -22,6 +22,7 @@ fn request(prompt: &str, max: i32, temperature: f32, seed: Option<u64>) -> pb::G
         temperature,
         seed,
         user: String::new(),
+        retrieve_top_k: 0,
     }
 }
 

@@ -182,3 +182,155 @@ async fn with_nats_down_writes_succeed_and_the_backlog_drains_exactly_once() {
     pool.close().await;
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn generate_can_add_the_most_similar_chunks_of_the_tenants_documents() {
+    use keel_proto::inference as inf;
+    let stack = TestStack::start().await.unwrap();
+    let url = stack.inference_url();
+    let mut retrieval = inf::retrieval_client::RetrievalClient::new(connect(&url).await.unwrap());
+    let mut g = inf::generation_client::GenerationClient::new(connect(&url).await.unwrap());
+    let embed = |t: &str| keel_inference::models::embed(t);
+    let doc = |i: u32| format!("0190b3c4-0000-7000-8000-00000000000{i}");
+    let texts = [
+        "rivers carry water from the mountains to the sea",
+        "quarterly revenue grew in europe and asia",
+        "the tenant pays for the enterprise tier yearly",
+    ];
+    for (i, t) in texts.iter().enumerate() {
+        let applied = retrieval
+            .put_chunks(for_tenant(
+                inf::PutChunksRequest {
+                    document_id: doc(i as u32),
+                    document_version: 2,
+                    model_version: "keel-embed@1".into(),
+                    chunks: vec![inf::Chunk {
+                        index: 0,
+                        text: (*t).into(),
+                        embedding: embed(t),
+                    }],
+                },
+                "acme",
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .applied;
+        assert!(applied);
+    }
+    // An older version arriving late changes nothing.
+    let stale = retrieval
+        .put_chunks(for_tenant(
+            inf::PutChunksRequest {
+                document_id: doc(0),
+                document_version: 1,
+                model_version: "keel-embed@1".into(),
+                chunks: vec![inf::Chunk {
+                    index: 0,
+                    text: "stale".into(),
+                    embedding: embed("stale"),
+                }],
+            },
+            "acme",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!stale.applied);
+    // Another tenant's chunks are never found.
+    retrieval
+        .put_chunks(for_tenant(
+            inf::PutChunksRequest {
+                document_id: doc(9),
+                document_version: 1,
+                model_version: "keel-embed@1".into(),
+                chunks: vec![inf::Chunk {
+                    index: 0,
+                    text: "rivers and water and the sea".into(),
+                    embedding: embed("rivers and water and the sea"),
+                }],
+            },
+            "globex",
+        ))
+        .await
+        .unwrap();
+
+    let found = retrieval
+        .search(for_tenant(
+            inf::SearchRequest {
+                query: "where does river water go".into(),
+                top_k: 2,
+            },
+            "acme",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(found.matches.len(), 2);
+    assert_eq!(found.matches[0].document_id, doc(0), "{:?}", found.matches);
+    assert!(found.matches[0].score > found.matches[1].score);
+
+    // Generate with retrieval: the context changes the prompt (and so the answer).
+    let request = |k: u32| pb::GenerateRequest {
+        model: "keel-tiny".into(),
+        messages: vec![pb::ChatMessage {
+            role: "user".into(),
+            content: "where does river water go".into(),
+        }],
+        max_output_tokens: 8,
+        retrieve_top_k: k,
+        ..Default::default()
+    };
+    let plain = g
+        .complete(for_tenant(request(0), "acme"))
+        .await
+        .unwrap()
+        .into_inner();
+    let grounded = g
+        .complete(for_tenant(request(1), "acme"))
+        .await
+        .unwrap()
+        .into_inner();
+    let words = |s: &str| s.split_whitespace().count() as u32;
+    assert_eq!(
+        grounded.usage.unwrap().input_tokens,
+        plain.usage.unwrap().input_tokens
+            + words(texts[0])
+            + words("Context from the tenant's documents:")
+            + 1
+            + 1,
+        "the best chunk (and its header and reference) joined the prompt"
+    );
+    let st = g
+        .complete(for_tenant(request(9), "acme"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        keel_tests::detail(&st, "field").as_deref(),
+        Some("retrieve_top_k")
+    );
+
+    retrieval
+        .delete_chunks(for_tenant(
+            inf::DeleteChunksRequest {
+                document_id: doc(0),
+            },
+            "acme",
+        ))
+        .await
+        .unwrap();
+    let found = retrieval
+        .search(for_tenant(
+            inf::SearchRequest {
+                query: "where does river water go".into(),
+                top_k: 3,
+            },
+            "acme",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(found.matches.len(), 2);
+    assert!(found.matches.iter().all(|m| m.document_id != doc(0)));
+    stack.shutdown().await;
+}

@@ -34,6 +34,7 @@ fn chat(model: &str, text: &str) -> pb::GenerateRequest {
         temperature: 0.0,
         seed: None,
         user: String::new(),
+        retrieve_top_k: 0,
     }
 }
 

@@ -223,6 +223,7 @@ async fn chat(
         temperature: req.temperature.unwrap_or(1.0),
         seed: req.seed,
         user: req.user.unwrap_or_default(),
+        retrieve_top_k: 0,
     };
     let id = completion_id();
     let created = now_secs();

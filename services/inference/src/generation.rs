@@ -28,6 +28,7 @@ use crate::events::{Completed, Events};
 use crate::models;
 use crate::provider::{ChatCall, Finish, Piece, Providers};
 use crate::registry::{Kind, ModelSpec, Registry};
+use crate::retrieval::Retrieval;
 
 /// keel-tiny's default pacing: fast enough for tests and benchmarks, slow enough to stream.
 pub const DEFAULT_FIRST_TOKEN: Duration = Duration::from_millis(20);
@@ -229,19 +230,25 @@ impl Inference {
     }
 
     /// Resolves and validates a chat request.
+    /// `context`: retrieved text, added as a system message before the conversation.
     async fn prepare(
         &self,
         tenant: &TenantId,
         r: &pb::GenerateRequest,
+        context: Option<String>,
     ) -> Result<(Arc<ModelSpec>, ChatCall), Error> {
         let resolved = self
             .registry
             .resolve(tenant, &r.model, &r.user, Kind::Chat)
             .await?;
-        let messages = r
-            .messages
-            .iter()
-            .map(|m| (m.role.clone(), m.content.clone()))
+        let messages = context
+            .map(|c| ("system".to_owned(), c))
+            .into_iter()
+            .chain(
+                r.messages
+                    .iter()
+                    .map(|m| (m.role.clone(), m.content.clone())),
+            )
             .collect();
         let call = chat_call(
             messages,
@@ -251,6 +258,81 @@ impl Inference {
             &resolved.spec,
         )?;
         Ok((resolved.spec, call))
+    }
+
+    /// Embeds `inputs` with `spec` through the cache (one key per text; the texts missing from
+    /// it in one model call, coalesced with identical concurrent misses). Returns the vectors
+    /// in order and whether no model call was needed.
+    pub async fn embeddings(
+        &self,
+        tenant: &TenantId,
+        spec: &Arc<ModelSpec>,
+        inputs: &[String],
+    ) -> Result<(Vec<Vec<f32>>, bool), Status> {
+        let keys: Vec<String> = inputs
+            .iter()
+            .map(|t| {
+                self.cache
+                    .key(tenant, "embed", &spec.version, &[t.as_bytes()])
+            })
+            .collect();
+        let mut vectors: Vec<Option<Vec<f32>>> = self
+            .cache
+            .get_many(&keys)
+            .await
+            .into_iter()
+            .map(|v| v.and_then(|b| cache::decode_vector(&b)))
+            .collect();
+        let missing: Vec<usize> = (0..vectors.len())
+            .filter(|i| vectors[*i].is_none())
+            .collect();
+        let hit = missing.is_empty();
+        if !missing.is_empty() {
+            // One model call per distinct set of missing texts, however many ask at once.
+            let texts: Vec<String> = missing.iter().map(|i| inputs[*i].clone()).collect();
+            let flight_parts: Vec<&[u8]> = missing.iter().map(|i| keys[*i].as_bytes()).collect();
+            let flight = self
+                .cache
+                .key(tenant, "embed-batch", &spec.version, &flight_parts);
+            let fetched = self
+                .cache
+                .read_through(
+                    &flight,
+                    None,
+                    || async {
+                        let vs = self.providers.embed(spec, &texts).await?;
+                        let items: Vec<(String, Vec<u8>)> = missing
+                            .iter()
+                            .zip(&vs)
+                            .map(|(i, v)| (keys[*i].clone(), cache::encode_vector(v)))
+                            .collect();
+                        self.cache.put_many(&items).await;
+                        let flat: Vec<u8> =
+                            vs.iter().flat_map(|v| cache::encode_vector(v)).collect();
+                        // Stored under the batch key too: replicas that lost the lock poll it.
+                        Ok((flat, true))
+                    },
+                    |bytes| {
+                        let flight = flight.clone();
+                        async move { self.cache.put(&flight, &bytes).await }
+                    },
+                )
+                .await?;
+            let flat = cache::decode_vector(&fetched.bytes).unwrap_or_default();
+            let dim = if texts.is_empty() {
+                0
+            } else {
+                flat.len() / texts.len()
+            };
+            for (n, i) in missing.iter().enumerate() {
+                vectors[*i] = flat.get(n * dim..(n + 1) * dim).map(<[f32]>::to_vec);
+            }
+        }
+        let vectors = vectors
+            .into_iter()
+            .map(|v| v.ok_or_else(|| Status::internal("internal error")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((vectors, hit))
     }
 
     /// Replays a popular request into the cache (warm-up and the hourly prefetch).
@@ -277,11 +359,55 @@ impl Inference {
 
 pub struct GenerationService {
     inner: Arc<Inference>,
+    retrieval: Arc<Retrieval>,
 }
 
 impl GenerationService {
-    pub fn new(inner: Arc<Inference>) -> Self {
-        GenerationService { inner }
+    pub fn new(inner: Arc<Inference>, retrieval: Arc<Retrieval>) -> Self {
+        GenerationService { inner, retrieval }
+    }
+
+    /// With `retrieve_top_k`, the tenant's chunks most similar to the last user message.
+    async fn context(
+        &self,
+        tenant: &TenantId,
+        r: &pb::GenerateRequest,
+    ) -> Result<Option<String>, Status> {
+        if r.retrieve_top_k == 0 {
+            return Ok(None);
+        }
+        let Some(query) = r
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == "user")
+            .map(|m| m.content.as_str())
+            .filter(|q| !q.trim().is_empty())
+        else {
+            return Err(invalid("retrieve_top_k", "needs a user message to search with").into());
+        };
+        if r.retrieve_top_k > crate::retrieval::MAX_TOP_K {
+            return Err(invalid(
+                "retrieve_top_k",
+                format!("must be 0 to {}", crate::retrieval::MAX_TOP_K),
+            )
+            .into());
+        }
+        let (matches, _) = self
+            .retrieval
+            .search(tenant, query, r.retrieve_top_k)
+            .await?;
+        if matches.is_empty() {
+            return Ok(None);
+        }
+        let lines: Vec<String> = matches
+            .iter()
+            .map(|m| format!("[{}#{}] {}", m.document_id, m.chunk_index, m.text))
+            .collect();
+        Ok(Some(format!(
+            "Context from the tenant's documents:\n{}",
+            lines.join("\n")
+        )))
     }
 }
 
@@ -369,7 +495,8 @@ impl inf::generation_server::Generation for GenerationService {
         let r = req.into_inner();
         let inf = self.inner.clone();
         let started = Instant::now();
-        let (spec, call) = inf.prepare(&tenant, &r).await?;
+        let context = self.context(&tenant, &r).await?;
+        let (spec, call) = inf.prepare(&tenant, &r, context).await?;
         let key = call
             .is_deterministic()
             .then(|| chat_key(&inf.cache, &tenant, &spec.version, &call));
@@ -505,7 +632,8 @@ impl inf::generation_server::Generation for GenerationService {
         let started = Instant::now();
         let r = req.into_inner();
         let inf = &self.inner;
-        let (spec, call) = inf.prepare(&tenant, &r).await?;
+        let context = self.context(&tenant, &r).await?;
+        let (spec, call) = inf.prepare(&tenant, &r, context).await?;
         let result = if call.is_deterministic() {
             inf.cached_answer(&tenant, &r.model, spec.clone(), &call)
                 .await
@@ -600,73 +728,11 @@ impl inf::generation_server::Generation for GenerationService {
             )
             .into());
         }
-        let keys: Vec<String> = r
-            .inputs
-            .iter()
-            .map(|t| {
-                inf.cache
-                    .key(&tenant, "embed", &spec.version, &[t.as_bytes()])
-            })
-            .collect();
-        let mut vectors: Vec<Option<Vec<f32>>> = inf
-            .cache
-            .get_many(&keys)
-            .await
+        let (embeddings, hit) = inf.embeddings(&tenant, &spec, &r.inputs).await?;
+        let embeddings = embeddings
             .into_iter()
-            .map(|v| v.and_then(|b| cache::decode_vector(&b)))
+            .map(|values| pb::Embedding { values })
             .collect();
-        let missing: Vec<usize> = (0..vectors.len())
-            .filter(|i| vectors[*i].is_none())
-            .collect();
-        let hit = missing.is_empty();
-        if !missing.is_empty() {
-            // One model call per distinct set of missing texts, however many ask at once.
-            let texts: Vec<String> = missing.iter().map(|i| r.inputs[*i].clone()).collect();
-            let flight_parts: Vec<&[u8]> = missing.iter().map(|i| keys[*i].as_bytes()).collect();
-            let flight = inf
-                .cache
-                .key(&tenant, "embed-batch", &spec.version, &flight_parts);
-            let fetched = inf
-                .cache
-                .read_through(
-                    &flight,
-                    None,
-                    || async {
-                        let vs = inf.providers.embed(&spec, &texts).await?;
-                        let items: Vec<(String, Vec<u8>)> = missing
-                            .iter()
-                            .zip(&vs)
-                            .map(|(i, v)| (keys[*i].clone(), cache::encode_vector(v)))
-                            .collect();
-                        inf.cache.put_many(&items).await;
-                        let flat: Vec<u8> =
-                            vs.iter().flat_map(|v| cache::encode_vector(v)).collect();
-                        // Stored under the batch key too: replicas that lost the lock poll it.
-                        Ok((flat, true))
-                    },
-                    |bytes| {
-                        let flight = flight.clone();
-                        async move { inf.cache.put(&flight, &bytes).await }
-                    },
-                )
-                .await?;
-            let flat = cache::decode_vector(&fetched.bytes).unwrap_or_default();
-            let dim = if texts.is_empty() {
-                0
-            } else {
-                flat.len() / texts.len()
-            };
-            for (n, i) in missing.iter().enumerate() {
-                vectors[*i] = flat.get(n * dim..(n + 1) * dim).map(<[f32]>::to_vec);
-            }
-        }
-        let embeddings = vectors
-            .into_iter()
-            .map(|v| {
-                v.map(|values| pb::Embedding { values })
-                    .ok_or_else(|| Status::internal("internal error"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
         let input_tokens: u32 = r.inputs.iter().map(|t| models::count_tokens(t)).sum();
         inf.events
             .completed(

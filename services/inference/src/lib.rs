@@ -9,6 +9,7 @@
 //! * [`registry`] — models, versions, visibility, splits; [`catalog`] — its edge.
 //! * [`provider`], [`upstream`] — calling a model; [`cache`] — Redis read-through.
 //! * [`generation`] — model calls end to end; [`events`] — what they announce.
+//! * [`retrieval`] — document chunks and similarity search (Generate's `retrieve_top_k`).
 
 pub mod cache;
 pub mod catalog;
@@ -20,6 +21,7 @@ pub mod grpc;
 pub mod models;
 pub mod provider;
 pub mod registry;
+pub mod retrieval;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -70,6 +72,8 @@ pub struct Config {
     pub model_breaker_open: Duration,
     pub prefetch_interval: Duration,
     pub prefetch_top: usize,
+    /// The embedding model retrieval embeds queries (and expects chunks) with.
+    pub retrieval_model: String,
 }
 
 impl Config {
@@ -114,6 +118,10 @@ impl Config {
                 DEFAULT_PREFETCH_INTERVAL,
             )?,
             prefetch_top: env.or("KEEL_INFERENCE_PREFETCH_TOP", DEFAULT_PREFETCH_TOP)?,
+            retrieval_model: env.or(
+                "KEEL_INFERENCE_RETRIEVAL_MODEL",
+                retrieval::DEFAULT_RETRIEVAL_MODEL.to_owned(),
+            )?,
         })
     }
 }
@@ -159,6 +167,11 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
         events: events.clone(),
         tasks: tasks.clone(),
     });
+    let retrieval = Arc::new(retrieval::Retrieval::new(
+        shards.clone(),
+        inference.clone(),
+        cfg.retrieval_model.clone(),
+    ));
     let routes = tonic::service::Routes::new(
         keel_proto::inference::document_store_server::DocumentStoreServer::new(
             grpc::DocumentStoreService::new(docs),
@@ -166,7 +179,12 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
     )
     .add_service(
         keel_proto::inference::generation_server::GenerationServer::new(
-            generation::GenerationService::new(inference.clone()),
+            generation::GenerationService::new(inference.clone(), retrieval.clone()),
+        ),
+    )
+    .add_service(
+        keel_proto::inference::retrieval_server::RetrievalServer::new(
+            retrieval::RetrievalService::new(retrieval),
         ),
     )
     .add_service(keel_proto::inference::models_server::ModelsServer::new(
@@ -198,6 +216,7 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
                 "keel.inference.v1.DocumentStore",
                 "keel.inference.v1.Generation",
                 "keel.inference.v1.Models",
+                "keel.inference.v1.Retrieval",
             ],
             routes,
             checks,
