@@ -42,6 +42,14 @@ struct Cli {
         global = true
     )]
     auth_url: String,
+    /// The inference service's gRPC endpoint (model commands; internal, operators only).
+    #[arg(
+        long,
+        env = "KEEL_INFERENCE_URL",
+        default_value = "http://127.0.0.1:50053",
+        global = true
+    )]
+    inference_url: String,
     /// The operator's admin credential (tenant and user commands); defaults to
     /// .keel/admin.token when `cargo xtask up` wrote it. A tenant admin's access token works
     /// too, for their own tenant.
@@ -71,6 +79,10 @@ enum Cmd {
     /// A tenant's auth, declared in a spec file: plan, apply, generate client configuration.
     #[command(subcommand)]
     Auth(AuthCmd),
+    /// A tenant's models and A/B splits (talks to the inference service directly: operators
+    /// only, from inside the deployment's network).
+    #[command(subcommand)]
+    Model(ModelCmd),
     /// Logs in through the gateway and prints the tokens as JSON.
     Login {
         #[arg(long)]
@@ -202,6 +214,32 @@ enum AuthCmd {
             default_value = "http://127.0.0.1:8081"
         )]
         issuer_base: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCmd {
+    /// The models the tenant may call.
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Sends PERCENT % of the tenant's users of MODEL to VERSION_B (0 ends the split); takes
+    /// effect within seconds on every inference replica, with no redeploy.
+    Split {
+        #[arg(long)]
+        tenant: String,
+        model: String,
+        #[arg(long, default_value = "")]
+        version_b: String,
+        #[arg(long)]
+        percent: u32,
+    },
+    /// The tenant's current split of MODEL.
+    ShowSplit {
+        #[arg(long)]
+        tenant: String,
+        model: String,
     },
 }
 
@@ -574,6 +612,59 @@ async fn run(cli: Cli) -> Result<Value> {
                             .await?
                             .into_inner(),
                     ))
+                }
+            }
+        }
+        Cmd::Model(cmd) => {
+            let mut client = keel_proto::inference::models_client::ModelsClient::new(
+                channel(&cli.inference_url).await?,
+            );
+            fn for_tenant<T>(msg: T, tenant: &str) -> anyhow::Result<tonic::Request<T>> {
+                let mut r = tonic::Request::new(msg);
+                r.metadata_mut()
+                    .insert("keel-tenant-id", tenant.parse().context("tenant")?);
+                Ok(r)
+            }
+            let split_json = |s: &keel_proto::inference::Split| json!({ "model": s.model, "version_a": s.version_a, "version_b": s.version_b, "percent_b": s.percent_b });
+            match cmd {
+                ModelCmd::List { tenant } => {
+                    let r = client
+                        .list_models(for_tenant(pb::ListModelsRequest::default(), &tenant)?)
+                        .await?
+                        .into_inner();
+                    Ok(json!({ "models": r.models.iter().map(|m| json!({
+                        "name": m.name, "version": m.version, "kind": m.kind,
+                        "context_length_tokens": m.context_length_tokens,
+                        "max_output_tokens": m.max_output_tokens,
+                        "embedding_dimension": m.embedding_dimension,
+                    })).collect::<Vec<_>>() }))
+                }
+                ModelCmd::Split {
+                    tenant,
+                    model,
+                    version_b,
+                    percent,
+                } => {
+                    let r = client
+                        .set_split(for_tenant(
+                            keel_proto::inference::SetSplitRequest {
+                                model,
+                                version_b,
+                                percent_b: percent,
+                            },
+                            &tenant,
+                        )?)
+                        .await?;
+                    Ok(split_json(r.get_ref()))
+                }
+                ModelCmd::ShowSplit { tenant, model } => {
+                    let r = client
+                        .get_split(for_tenant(
+                            keel_proto::inference::GetSplitRequest { model },
+                            &tenant,
+                        )?)
+                        .await?;
+                    Ok(split_json(r.get_ref()))
                 }
             }
         }
