@@ -42,6 +42,22 @@ fn to_pb(m: &ModelSpec) -> pb::Model {
     }
 }
 
+fn split_pb(
+    model: String,
+    default: &ModelSpec,
+    split: Option<crate::registry::Split>,
+) -> inf::Split {
+    inf::Split {
+        model,
+        version_a: default.version.clone(),
+        version_b: split
+            .as_ref()
+            .map(|s| s.version_b.clone())
+            .unwrap_or_default(),
+        percent_b: split.map_or(0, |s| s.percent_b),
+    }
+}
+
 fn invalid(field: &'static str, problem: impl Into<String>) -> Status {
     Error::InvalidArgument {
         field,
@@ -160,15 +176,7 @@ impl inf::models_server::Models for ModelsService {
             .set_split(&tenant, &r.model, &r.version_b, r.percent_b)
             .await?;
         tracing::info!(model = %r.model, version_b = %r.version_b, percent_b = r.percent_b, "model split changed");
-        Ok(Response::new(inf::Split {
-            model: r.model,
-            version_a: default.version.clone(),
-            version_b: split
-                .as_ref()
-                .map(|s| s.version_b.clone())
-                .unwrap_or_default(),
-            percent_b: split.map_or(0, |s| s.percent_b),
-        }))
+        Ok(Response::new(split_pb(r.model, &default, split)))
     }
 
     async fn get_split(
@@ -179,14 +187,6 @@ impl inf::models_server::Models for ModelsService {
         let r = req.into_inner();
         let default = self.registry.default_for(&tenant, &r.model)?;
         let split = self.registry.split(&tenant, &r.model).await?;
-        Ok(Response::new(inf::Split {
-            model: r.model,
-            version_a: default.version.clone(),
-            version_b: split
-                .as_ref()
-                .map(|s| s.version_b.clone())
-                .unwrap_or_default(),
-            percent_b: split.map_or(0, |s| s.percent_b),
-        }))
+        Ok(Response::new(split_pb(r.model, &default, split)))
     }
 }

@@ -151,6 +151,21 @@ fn chat_key(cache: &Cache, tenant: &TenantId, version: &str, call: &ChatCall) ->
     )
 }
 
+/// The event of a call answered whole (from the cache or the model).
+fn answered(model: &str, answer: &Answer, ttft_ms: u32, started: Instant, hit: bool) -> Completed {
+    Completed {
+        model: model.to_owned(),
+        model_version: answer.version.clone(),
+        input_tokens: answer.finish.input_tokens,
+        output_tokens: answer.finish.output_tokens,
+        time_to_first_token_ms: ttft_ms,
+        duration_ms: millis(started.elapsed()),
+        finish_reason: answer.finish.reason.clone(),
+        cache_hit: hit,
+        fallback_from: answer.fallback_from.clone(),
+    }
+}
+
 fn millis(d: Duration) -> u32 {
     d.as_millis().min(u128::from(u32::MAX)) as u32
 }
@@ -510,21 +525,9 @@ impl inf::generation_server::Generation for GenerationService {
                 .map(|p| Ok(chunk(p.clone(), &answer.version)))
                 .collect();
             out.push(Ok(last_chunk(&answer.finish, &answer.version)));
+            let ttft = millis(started.elapsed());
             inf.events
-                .completed(
-                    &tenant,
-                    Completed {
-                        model: r.model.clone(),
-                        model_version: answer.version.clone(),
-                        input_tokens: answer.finish.input_tokens,
-                        output_tokens: answer.finish.output_tokens,
-                        time_to_first_token_ms: millis(started.elapsed()),
-                        duration_ms: millis(started.elapsed()),
-                        finish_reason: answer.finish.reason.clone(),
-                        cache_hit: true,
-                        fallback_from: None,
-                    },
-                )
+                .completed(&tenant, answered(&r.model, &answer, ttft, started, true))
                 .await;
             return Ok(Response::new(futures::stream::iter(out).boxed()));
         }
@@ -671,20 +674,7 @@ impl inf::generation_server::Generation for GenerationService {
             answer.time_to_first_token_ms
         };
         inf.events
-            .completed(
-                &tenant,
-                Completed {
-                    model: r.model.clone(),
-                    model_version: answer.version.clone(),
-                    input_tokens: answer.finish.input_tokens,
-                    output_tokens: answer.finish.output_tokens,
-                    time_to_first_token_ms: ttft,
-                    duration_ms: millis(started.elapsed()),
-                    finish_reason: answer.finish.reason.clone(),
-                    cache_hit: hit,
-                    fallback_from: answer.fallback_from.clone(),
-                },
-            )
+            .completed(&tenant, answered(&r.model, &answer, ttft, started, hit))
             .await;
         Ok(Response::new(pb::CompleteResponse {
             text: answer.pieces.concat(),

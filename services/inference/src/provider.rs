@@ -118,8 +118,8 @@ impl Providers {
         self.breakers.get(&spec.version).cloned()
     }
 
-    /// Opens a chat call on exactly this version (no fallback), with its breaker and timeouts.
-    pub async fn open_chat(&self, spec: &ModelSpec, call: &ChatCall) -> Result<Pieces, Error> {
+    /// Lets one call to `spec` through its breaker (or refuses it at once) and counts it.
+    fn admit(&self, spec: &ModelSpec) -> Result<Accounting, Error> {
         let started = Instant::now();
         let breaker = self.breaker(spec);
         let permit = match &breaker {
@@ -134,12 +134,18 @@ impl Providers {
         };
         metrics::counter!("keel_inference_model_calls_total", "model_version" => spec.version.clone())
             .increment(1);
-        let mut guard = Accounting {
+        Ok(Accounting {
             breaker,
             permit,
             started,
             failed: false,
-        };
+        })
+    }
+
+    /// Opens a chat call on exactly this version (no fallback), with its breaker and timeouts.
+    pub async fn open_chat(&self, spec: &ModelSpec, call: &ChatCall) -> Result<Pieces, Error> {
+        let mut guard = self.admit(spec)?;
+        let started = guard.started;
         let first_by = started + spec.first_token_timeout;
         let opened = tokio::time::timeout_at(first_by.into(), self.raw_chat(spec, call)).await;
         let inner = match opened {
@@ -255,26 +261,7 @@ impl Providers {
 
     /// Embeds `inputs` with this version (breaker and whole-call timeout apply).
     pub async fn embed(&self, spec: &ModelSpec, inputs: &[String]) -> Result<Vec<Vec<f32>>, Error> {
-        let started = Instant::now();
-        let breaker = self.breaker(spec);
-        let permit = match &breaker {
-            Some(b) => Some(
-                b.try_acquire(started)
-                    .ok_or_else(|| Error::ModelUnavailable {
-                        version: spec.version.clone(),
-                        why: "its circuit breaker is open".into(),
-                    })?,
-            ),
-            None => None,
-        };
-        metrics::counter!("keel_inference_model_calls_total", "model_version" => spec.version.clone())
-            .increment(1);
-        let mut guard = Accounting {
-            breaker,
-            permit,
-            started,
-            failed: false,
-        };
+        let mut guard = self.admit(spec)?;
         let result = match &spec.backend {
             Backend::Embed => Ok(inputs.iter().map(|t| models::embed(t)).collect()),
             Backend::OpenAi { .. } => match self.upstreams.get(&spec.version) {
