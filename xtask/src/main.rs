@@ -32,6 +32,8 @@ commands:
   stack    start only PostgreSQL, Redis and NATS and print their URLs (Ctrl-C stops them)
   bench auth   token verifications/s/core, refreshes/s and login latency (release build)
   bench gateway   open-model load, direct vs. through the gateway: overhead, max rate, RSS
+  bench inference [--documents N] [--rate R] [--smoke]   1M documents seeded by COPY, CRUD
+           latency at a fixed rate, embeddings/s and completions/s (cold, hot), a request storm
   fuzz [TARGET] [SECONDS]   run a cargo-fuzz target (default: every target, 60 s each)
 ";
 
@@ -96,14 +98,16 @@ fn test(extra: &[String]) -> Result<ExitCode> {
     }
 }
 
-/// `cargo xtask bench auth`: the benchmark binary, in release, against a throwaway stack.
+/// `cargo xtask bench auth|gateway|inference [ARGS]`: the benchmark binary, in release, against a
+/// throwaway stack; ARGS are passed to it.
 fn bench(args: &[String]) -> Result<ExitCode> {
     let what = args.first().map(String::as_str);
     let bin = match what {
         Some("auth") => "bench_auth",
         Some("gateway") => "bench_gateway",
+        Some("inference") => "bench_inference",
         _ => {
-            eprintln!("usage: cargo xtask bench auth|gateway");
+            eprintln!("usage: cargo xtask bench auth|gateway|inference [ARGS for the benchmark]");
             return Ok(ExitCode::from(2));
         }
     };
@@ -134,7 +138,10 @@ fn bench(args: &[String]) -> Result<ExitCode> {
             "keel-tests",
             "--bin",
             bin,
+            "--",
         ])
+        // Anything after the benchmark's name goes to it (`bench inference --smoke`).
+        .args(&args[1..])
         .env("RUST_LOG", "error")
         .env(
             "KEEL_BENCH_GATEWAY_BIN",
@@ -164,6 +171,7 @@ const FUZZ_TARGETS: &[&str] = &[
     "tenant_id",
     "authorize_request",
     "token_request",
+    "upstream_stream",
 ];
 
 /// `cargo xtask fuzz [TARGET] [SECONDS]`: installs cargo-fuzz when missing and runs libFuzzer on
