@@ -28,44 +28,66 @@ const SENT_RETENTION_SECS: i64 = 24 * 3600;
 /// How often the relay purges sent rows: rare, the purge is bulk work.
 const PURGE_EVERY: Duration = Duration::from_secs(600);
 
-pub struct NewEvent<'a> {
+/// One event to write, with the trace context of the code that made it (captured when it is
+/// built, so a batch written later by another task still links to its producer).
+pub struct NewEvent {
     id: Uuid,
-    tenant: &'a TenantId,
+    tenant: TenantId,
     kind: &'static str,
     event_type: &'static str,
     payload: Vec<u8>,
+    traceparent: Option<String>,
 }
 
-impl<'a> NewEvent<'a> {
+impl NewEvent {
     pub fn new(
         id: Uuid,
-        tenant: &'a TenantId,
+        tenant: &TenantId,
         kind: &'static str,
         event_type: &'static str,
         payload: Vec<u8>,
     ) -> Self {
         NewEvent {
             id,
-            tenant,
+            tenant: tenant.clone(),
             kind,
             event_type,
             payload,
+            traceparent: keel_telemetry::current_traceparent(),
         }
+    }
+
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
     }
 }
 
-/// Writes an event in the caller's transaction, with the current trace context.
-pub async fn insert(tx: &mut sqlx::PgConnection, ev: NewEvent<'_>) -> Result<(), sqlx::Error> {
+/// Writes an event in the caller's transaction.
+pub async fn insert(tx: &mut sqlx::PgConnection, ev: NewEvent) -> Result<(), sqlx::Error> {
+    insert_many(tx, std::slice::from_ref(&ev)).await
+}
+
+/// Writes events in one statement (a group commit of events that need no other change).
+pub async fn insert_many(tx: &mut sqlx::PgConnection, evs: &[NewEvent]) -> Result<(), sqlx::Error> {
+    if evs.is_empty() {
+        return Ok(());
+    }
     sqlx::query(
         "INSERT INTO outbox (id, tenant_id, kind, event_type, schema_version, payload, traceparent)
-         VALUES ($1, $2, $3, $4, 1, $5, $6)",
+         SELECT id, tenant_id, kind, event_type, 1, payload, traceparent
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[])
+           AS e(id, tenant_id, kind, event_type, payload, traceparent)",
     )
-    .bind(ev.id)
-    .bind(ev.tenant.as_str())
-    .bind(ev.kind)
-    .bind(ev.event_type)
-    .bind(ev.payload)
-    .bind(keel_telemetry::current_traceparent())
+    .bind(evs.iter().map(|e| e.id).collect::<Vec<_>>())
+    .bind(evs.iter().map(|e| e.tenant.as_str()).collect::<Vec<_>>())
+    .bind(evs.iter().map(|e| e.kind).collect::<Vec<_>>())
+    .bind(evs.iter().map(|e| e.event_type).collect::<Vec<_>>())
+    .bind(evs.iter().map(|e| e.payload.as_slice()).collect::<Vec<_>>())
+    .bind(
+        evs.iter()
+            .map(|e| e.traceparent.as_deref())
+            .collect::<Vec<_>>(),
+    )
     .execute(tx)
     .await?;
     Ok(())

@@ -278,10 +278,13 @@ impl Cache {
     /// The value under `key`: cached, or computed once however many callers ask at once.
     /// `compute` returns the value and whether it may be stored; `store` stores it (so the
     /// caller decides what else to write alongside).
+    /// `across_processes`: also elect one computer among replicas (worth a lock round trip
+    /// when the model call is slow or costly; not for a built-in that answers in microseconds).
     pub async fn read_through<C, CF, S, SF>(
         &self,
         key: &str,
         popular: Option<&TenantId>,
+        across_processes: bool,
         compute: C,
         store: S,
     ) -> Result<Fetched, tonic::Status>
@@ -306,7 +309,11 @@ impl Cache {
         let mut computed_here = false;
         let result = flight
             .get_or_init(|| async {
-                let lock = self.lock(key).await;
+                let lock = if across_processes {
+                    self.lock(key).await
+                } else {
+                    Lock::NoRedis
+                };
                 if let Lock::Taken = lock {
                     // Another process computes it: wait for its result while its lock lasts.
                     let until = Instant::now() + LOCK_TTL;

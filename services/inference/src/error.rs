@@ -30,6 +30,8 @@ pub enum Error {
     /// The upstream refused the request itself (a 4xx that is the request's fault).
     #[error("model {version} refused the request: {message}")]
     ModelRejected { version: String, message: String },
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Store(#[from] keel_store::StoreError),
 }
@@ -62,6 +64,7 @@ impl KeelError for Error {
             Error::ModelTimeout { .. } => Reason::DeadlineExceeded,
             Error::ModelUnavailable { .. } => Reason::Unavailable,
             Error::ModelRejected { .. } => Reason::InvalidArgument,
+            Error::Unavailable(_) => Reason::Unavailable,
             Error::Store(e) => e.reason(),
         }
     }

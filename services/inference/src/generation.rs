@@ -224,6 +224,7 @@ impl Inference {
             .read_through(
                 &key,
                 Some(tenant),
+                true,
                 || async {
                     let a = self.answer(spec.clone(), call).await?;
                     let cacheable = a.fallback_from.is_none();
@@ -314,23 +315,23 @@ impl Inference {
                 .read_through(
                     &flight,
                     None,
+                    !matches!(spec.backend, crate::registry::Backend::Embed),
                     || async {
                         let vs = self.providers.embed(spec, &texts).await?;
-                        let items: Vec<(String, Vec<u8>)> = missing
+                        let mut items: Vec<(String, Vec<u8>)> = missing
                             .iter()
                             .zip(&vs)
                             .map(|(i, v)| (keys[*i].clone(), cache::encode_vector(v)))
                             .collect();
-                        self.cache.put_many(&items).await;
                         let flat: Vec<u8> =
                             vs.iter().flat_map(|v| cache::encode_vector(v)).collect();
-                        // Stored under the batch key too: replicas that lost the lock poll it.
-                        Ok((flat, true))
+                        // Under the batch key too (replicas that lost the lock poll it), in
+                        // the same round trip.
+                        items.push((flight.clone(), flat.clone()));
+                        self.cache.put_many(&items).await;
+                        Ok((flat, false))
                     },
-                    |bytes| {
-                        let flight = flight.clone();
-                        async move { self.cache.put(&flight, &bytes).await }
-                    },
+                    |_| async {},
                 )
                 .await?;
             let flat = cache::decode_vector(&fetched.bytes).unwrap_or_default();

@@ -154,7 +154,7 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
         shards.clone(),
         cfg.split_ttl,
     ));
-    let events = events::Events::new(shards.clone(), wakeup.clone());
+    let events = events::Events::start(shards.clone(), wakeup.clone(), &tasks);
     let inference = Arc::new(generation::Inference {
         providers: provider::Providers::new(&registry, cfg.pace, cfg.model_breaker_open),
         registry: registry.clone(),
