@@ -112,6 +112,14 @@ fn upstream_models(mock: &MockUpstream) -> String {
         provider = "openai"
         base_url = "{base}"
         embedding_dimension = 8
+
+        [[model]]
+        name = "up-private"
+        version = "up-private@1"
+        kind = "chat"
+        provider = "openai"
+        base_url = "{base}"
+        tenants = ["acme"]
         "#
     )
 }
@@ -440,6 +448,47 @@ async fn an_openai_compatible_upstream_streams_embeds_and_is_cached() {
         .await
         .unwrap();
     assert_eq!(mock.calls(), 6);
+
+    // A model visible to some tenants only: the others neither see nor reach it.
+    let mut catalog =
+        inf::models_client::ModelsClient::new(connect(&stack.inference_url()).await.unwrap());
+    let names = |tenant: &'static str| {
+        let mut catalog = catalog.clone();
+        async move {
+            catalog
+                .list_models(for_tenant(pb::ListModelsRequest::default(), tenant))
+                .await
+                .unwrap()
+                .into_inner()
+                .models
+                .into_iter()
+                .map(|m| m.name)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert!(names("acme").await.contains(&"up-private".to_owned()));
+    assert!(!names("globex").await.contains(&"up-private".to_owned()));
+    let st = g
+        .complete(for_tenant(chat("up-private", "hi"), "globex"))
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::NotFound, "{st:?}");
+    let st = catalog
+        .set_split(for_tenant(
+            inf::SetSplitRequest {
+                model: "keel-tiny".into(),
+                version_b: "up-private@1".into(),
+                percent_b: 50,
+            },
+            "acme",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        st.code(),
+        Code::InvalidArgument,
+        "a split stays within one model"
+    );
 
     let events = eventually(Duration::from_secs(10), "events", || async {
         let e = completed_events(&stack, t).await;
