@@ -79,6 +79,9 @@ enum Cmd {
     /// A tenant's auth, declared in a spec file: plan, apply, generate client configuration.
     #[command(subcommand)]
     Auth(AuthCmd),
+    /// Dead letters: messages a consumer could not process (talks to NATS directly).
+    #[command(subcommand)]
+    Dlq(DlqCmd),
     /// A tenant's models and A/B splits (talks to the inference service directly: operators
     /// only, from inside the deployment's network).
     #[command(subcommand)]
@@ -215,6 +218,63 @@ enum AuthCmd {
         )]
         issuer_base: String,
     },
+}
+
+#[derive(Subcommand)]
+enum DlqCmd {
+    /// Every dead letter, oldest first: sequence, consumer, error, deliveries, subject.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// One dead letter whole: headers and payload (UTF-8 when it is, else hex).
+    Show { sequence: u64 },
+    /// Publishes dead letters back to their original subjects (after the cause is fixed) and
+    /// removes them from the dead-letter stream.
+    Replay {
+        /// Sequences to replay; none with --all.
+        sequences: Vec<u64>,
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// The JetStream the dead letters live beside (`KEEL_NATS_URL`, `KEEL_NATS_STREAM`,
+/// `KEEL_NATS_SUBJECT_PREFIX`, as the services read them; `cargo xtask up`'s by default).
+async fn bus() -> Result<keel_bus::Bus> {
+    let mut env = keel_config::Env::from_process();
+    if env.raw("KEEL_NATS_URL").is_none() {
+        env = env.with("KEEL_NATS_URL", "nats://127.0.0.1:54222");
+    }
+    let cfg = keel_bus::BusConfig::from_env(&env)?;
+    Ok(keel_bus::Bus::connect(cfg).await?)
+}
+
+fn dead_letter_json(d: &keel_bus::dlq::DeadLetter, whole: bool) -> Value {
+    let mut v = json!({
+        "sequence": d.sequence,
+        "consumer": d.consumer,
+        "error": d.error,
+        "delivered": d.delivered,
+        "subject": d.subject,
+        "time": d.time,
+        "payload_bytes": d.payload.len(),
+    });
+    if whole {
+        v["headers"] = json!(
+            d.headers
+                .iter()
+                .map(|(k, v)| json!([k, v]))
+                .collect::<Vec<_>>()
+        );
+        v["payload"] = match std::str::from_utf8(&d.payload) {
+            Ok(s) => json!(s),
+            Err(_) => {
+                json!({ "hex": d.payload.iter().map(|b| format!("{b:02x}")).collect::<String>() })
+            }
+        };
+    }
+    v
 }
 
 #[derive(Subcommand)]
@@ -612,6 +672,39 @@ async fn run(cli: Cli) -> Result<Value> {
                             .await?
                             .into_inner(),
                     ))
+                }
+            }
+        }
+        Cmd::Dlq(cmd) => {
+            let bus = bus().await?;
+            match cmd {
+                DlqCmd::List { limit } => {
+                    let all = bus.dead_letters(limit).await?;
+                    Ok(
+                        json!({ "dead_letters": all.iter().map(|d| dead_letter_json(d, false)).collect::<Vec<_>>() }),
+                    )
+                }
+                DlqCmd::Show { sequence } => match bus.dead_letter_by_sequence(sequence).await? {
+                    Some(d) => Ok(dead_letter_json(&d, true)),
+                    None => anyhow::bail!("no dead letter {sequence}"),
+                },
+                DlqCmd::Replay { sequences, all } => {
+                    let targets: Vec<u64> = if all {
+                        bus.dead_letters(usize::MAX)
+                            .await?
+                            .iter()
+                            .map(|d| d.sequence)
+                            .collect()
+                    } else {
+                        sequences
+                    };
+                    let mut replayed = Vec::new();
+                    for seq in targets {
+                        if bus.replay_dead_letter(seq).await? {
+                            replayed.push(seq);
+                        }
+                    }
+                    Ok(json!({ "replayed": replayed }))
                 }
             }
         }

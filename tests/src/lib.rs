@@ -177,13 +177,13 @@ impl TestStack {
         let env = customize(base_env(&servers, &id, &database_urls));
         let auth = keel_auth::start(keel_auth::Config::from_env(&env)?).await?;
         let inference = keel_inference::start(keel_inference::Config::from_env(&env)?).await?;
-        let postproc = keel_postproc::start(keel_postproc::Config::from_env(&env)?).await?;
         let env = env
             .with("KEEL_AUTH_URL", format!("http://{}", auth.grpc_addr()))
             .with(
                 "KEEL_INFERENCE_URL",
                 format!("http://{}", inference.grpc_addr()),
             );
+        let postproc = keel_postproc::start(keel_postproc::Config::from_env(&env)?).await?;
         let gateway = keel_gateway::start(keel_gateway::Config::from_env(&env)?).await?;
         for addr in [
             auth.grpc_addr(),

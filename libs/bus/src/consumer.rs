@@ -3,7 +3,9 @@
 //! Contract with handlers: `Ok(())` means the effect (and its dedupe record) has committed, and
 //! only then is the message acknowledged. A crash before the ack means redelivery, so handlers
 //! must be idempotent on [`Delivery::event_id`]. `Transient` failures are retried later with
-//! capped exponential backoff and jitter; `Permanent` ones are terminated (and logged loudly).
+//! capped exponential backoff and jitter; `Permanent` ones, and transient ones on their last
+//! delivery (`max_deliver`), go to the dead-letter stream ([`crate::dlq`]) and only once it
+//! has them are they terminated — nothing is dropped silently.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -59,7 +61,7 @@ impl ConsumerSpec {
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub subject: String,
-    /// `Nats-Msg-Id`: the dedupe key.
+    /// The dedupe key: `Keel-Event-Id` when set (a replayed dead letter), else `Nats-Msg-Id`.
     pub event_id: Option<String>,
     pub tenant: Option<TenantId>,
     pub event_type: Option<String>,
@@ -117,7 +119,7 @@ pub async fn run_consumer<H: Handler>(
                 next = messages.next() => next,
             };
             match next {
-                Some(Ok(msg)) => process(&spec, &handler, msg).await,
+                Some(Ok(msg)) => process(bus, &spec, &handler, msg).await,
                 Some(Err(e)) => {
                     tracing::warn!(consumer = %spec.durable, error = %e, "message stream error");
                     // Heartbeat misses and similar are reported but the stream continues.
@@ -180,6 +182,7 @@ pub fn backoff(delivered: i64) -> Duration {
 }
 
 async fn process<H: Handler>(
+    bus: &Bus,
     spec: &ConsumerSpec,
     handler: &H,
     msg: async_nats::jetstream::Message,
@@ -191,7 +194,7 @@ async fn process<H: Handler>(
     let tenant_raw = header(&msg, NATS_TENANT_HEADER);
     let delivery = Delivery {
         subject: msg.subject.to_string(),
-        event_id: header(&msg, "Nats-Msg-Id"),
+        event_id: header(&msg, crate::dlq::EVENT_ID_HEADER).or_else(|| header(&msg, "Nats-Msg-Id")),
         tenant: tenant_raw.as_deref().and_then(|t| TenantId::parse(t).ok()),
         event_type: header(&msg, EVENT_TYPE_HEADER),
         schema_version: header(&msg, SCHEMA_VERSION_HEADER),
@@ -240,7 +243,7 @@ async fn process<H: Handler>(
                 "ack_unconfirmed"
             }
         },
-        Err(HandlerError::Transient(e)) => {
+        Err(HandlerError::Transient(e)) if delivered < spec.max_deliver => {
             let delay = backoff(delivered);
             tracing::warn!(parent: &span, error = %e, delivered, retry_in_ms = delay.as_millis() as u64, "transient failure, will retry");
             if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
@@ -248,12 +251,40 @@ async fn process<H: Handler>(
             }
             "retried"
         }
-        Err(HandlerError::Permanent(e)) => {
-            tracing::error!(parent: &span, error = %e, delivered, stream_sequence, "permanent failure, terminating message");
-            if let Err(e) = msg.ack_with(AckKind::Term).await {
-                tracing::warn!(parent: &span, error = %e, "term failed");
+        Err(HandlerError::Transient(e) | HandlerError::Permanent(e)) => {
+            let why = match &result {
+                Err(HandlerError::Permanent(_)) => format!("permanent: {e}"),
+                _ => format!("gave up after {delivered} deliveries: {e}"),
+            };
+            match bus
+                .dead_letter(crate::dlq::Failed {
+                    consumer: &spec.durable,
+                    original_subject: &delivery.subject,
+                    original_headers: msg.headers.as_ref(),
+                    payload: msg.payload.clone(),
+                    error: &why,
+                    delivered,
+                    stream_sequence,
+                })
+                .await
+            {
+                Ok(()) => {
+                    tracing::error!(parent: &span, error = %why, delivered, stream_sequence, "message dead-lettered, terminating it");
+                    if let Err(e) = msg.ack_with(AckKind::Term).await {
+                        tracing::warn!(parent: &span, error = %e, "term failed");
+                    }
+                    "dead_lettered"
+                }
+                Err(dlq) => {
+                    // Not stored anywhere yet: keep it in the stream and try again later.
+                    let delay = backoff(delivered);
+                    tracing::error!(parent: &span, error = %why, dlq_error = %dlq, "dead-lettering failed; message kept for retry");
+                    if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
+                        tracing::warn!(parent: &span, error = %e, "nak failed; redelivery after ack_wait");
+                    }
+                    "retried"
+                }
             }
-            "terminated"
         }
     };
     metrics::counter!("keel_consumer_messages_total", "consumer" => spec.durable.clone(), "outcome" => outcome).increment(1);

@@ -12,6 +12,7 @@
 //! for every tenant (`<prefix>.events.*.document.created`) and the tenant is visible to routing.
 
 pub mod consumer;
+pub mod dlq;
 
 use std::time::Duration;
 

@@ -75,6 +75,19 @@ pub fn outgoing<T>(message: T, tenant: &TenantId) -> tonic::Request<T> {
     req
 }
 
+/// Connecting to another keel service on the same network takes well under a second; longer
+/// means it is down, and the call should fail rather than wait.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A channel to another keel service that connects on first use (so services may start in any
+/// order) with `TCP_NODELAY` and a short connect timeout.
+pub fn lazy_channel(url: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    Ok(tonic::transport::Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

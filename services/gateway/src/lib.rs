@@ -18,7 +18,7 @@ use std::time::Duration;
 use keel_config::{ConfigError, Env};
 use keel_runtime::health::grpc_serving;
 use keel_runtime::{Host, HostConfig, HostSpec, Tasks};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Default ports: gRPC 50051, HTTP 8080 (the OpenAI-compatible surface), admin 9091.
 pub const DEFAULT_GRPC_PORT: u16 = 50051;
@@ -38,8 +38,6 @@ pub const MAX_AUTH_MESSAGE_BYTES: usize = 16 * 1024;
 /// refusing at once keeps latency and memory bounded (an unbounded queue at 8,000/s grew the
 /// process past 250 MB and its p99 to seconds on the 2-core benchmark machine).
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 2048;
-/// Connect timeout to internal services: they are on the same network; longer means down.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -120,14 +118,10 @@ pub enum StartError {
 }
 
 fn channel(url: &str) -> Result<Channel, StartError> {
-    Ok(Endpoint::from_shared(url.to_owned())
-        .map_err(|source| StartError::Upstream {
-            url: url.to_owned(),
-            source,
-        })?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .connect_lazy())
+    keel_runtime::context::lazy_channel(url).map_err(|source| StartError::Upstream {
+        url: url.to_owned(),
+        source,
+    })
 }
 
 /// Starts the service: binds its listeners, serves, runs its background work. The returned

@@ -110,11 +110,33 @@ pub fn decode(d: &Delivery) -> Result<Decoded, HandlerError> {
 
 pub struct DocumentHandler {
     shards: Shards,
+    indexer: Option<crate::indexer::Indexer>,
 }
 
 impl DocumentHandler {
-    pub fn new(shards: Shards) -> Self {
-        DocumentHandler { shards }
+    /// `indexer`: keeps the retrieval index in step (none: records only).
+    pub fn new(shards: Shards, indexer: Option<crate::indexer::Indexer>) -> Self {
+        DocumentHandler { shards, indexer }
+    }
+
+    /// Brings the document's chunks up to date (idempotent; before the local effect, so a
+    /// failure here is retried with the event).
+    async fn index(&self, d: &Decoded) -> Result<(), HandlerError> {
+        let Some(indexer) = &self.indexer else {
+            return Ok(());
+        };
+        let result = match &d.event {
+            DocumentEvent::Created { document_id, .. }
+            | DocumentEvent::Updated { document_id, .. } => {
+                indexer.index(&d.tenant, *document_id).await.map(|_| ())
+            }
+            DocumentEvent::Deleted { document_id, .. } => {
+                indexer.remove(&d.tenant, *document_id).await
+            }
+        };
+        // Whatever inference answered, the event is kept and retried (bounded by max_deliver):
+        // an index that lags is better than an event lost.
+        result.map_err(|e| HandlerError::Transient(e.to_string()))
     }
 
     /// Applies the event; returns false when it had already been applied (a duplicate).
@@ -208,6 +230,7 @@ impl DocumentHandler {
 impl Handler for DocumentHandler {
     async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
         let decoded = decode(delivery)?;
+        self.index(&decoded).await?;
         match self.apply(&decoded).await {
             Ok(true) => {
                 tracing::info!(event_id = %decoded.event_id, "document event applied");

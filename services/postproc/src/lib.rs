@@ -3,8 +3,10 @@
 //!
 //! * [`Config`] / [`Application`] — consumers plus a gRPC health/reflection port and admin HTTP.
 //! * [`handler`] — document events → document records (effect + dedupe in one transaction).
+//! * [`indexer`] — document events → chunks and embeddings in inference's retrieval index.
 
 pub mod handler;
+pub mod indexer;
 
 use keel_bus::{Bus, BusConfig, ConsumerSpec};
 use keel_config::{ConfigError, Env};
@@ -24,6 +26,11 @@ pub struct Config {
     pub store: StoreConfig,
     pub bus: BusConfig,
     pub max_ack_pending: i64,
+    /// Deliveries of one message before it is dead-lettered.
+    pub max_deliver: i64,
+    /// Inference (`KEEL_INFERENCE_URL`): where documents are read, embedded and indexed.
+    pub inference_url: Option<String>,
+    pub embed_model: String,
 }
 
 impl Config {
@@ -49,6 +56,27 @@ impl Config {
             store: StoreConfig::from_env(env)?,
             bus: BusConfig::from_env(env)?,
             max_ack_pending,
+            max_deliver: match env.or(
+                "KEEL_POSTPROC_MAX_DELIVER",
+                keel_bus::consumer::DEFAULT_MAX_DELIVER,
+            )? {
+                n if n >= 1 => n,
+                n => {
+                    return Err(ConfigError::Invalid {
+                        key: "KEEL_POSTPROC_MAX_DELIVER".into(),
+                        shown: n.to_string(),
+                        problem: "must be at least 1".into(),
+                    });
+                }
+            },
+            inference_url: match env.raw("KEEL_INFERENCE_URL") {
+                Some(_) => Some(env.url("KEEL_INFERENCE_URL", &["http", "https"])?),
+                None => None,
+            },
+            embed_model: env.or(
+                "KEEL_POSTPROC_EMBED_MODEL",
+                indexer::DEFAULT_EMBED_MODEL.to_owned(),
+            )?,
         })
     }
 }
@@ -61,6 +89,11 @@ pub enum StartError {
     Store(#[from] keel_store::StoreError),
     #[error(transparent)]
     Bus(#[from] keel_bus::BusError),
+    #[error("inference URL {url}: {source}")]
+    Upstream {
+        url: String,
+        source: tonic::transport::Error,
+    },
 }
 
 /// Starts the service: binds its listeners, serves, runs its background work. The returned
@@ -69,6 +102,21 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
     let tasks = Tasks::new();
     let shards = Shards::connect_lazy(&cfg.store, SCHEMA)?;
     let bus = Bus::connect(cfg.bus.clone()).await?;
+    let indexer = match &cfg.inference_url {
+        Some(url) => Some(indexer::Indexer::new(
+            keel_runtime::context::lazy_channel(url).map_err(|source| StartError::Upstream {
+                url: url.clone(),
+                source,
+            })?,
+            cfg.embed_model.clone(),
+        )),
+        None => {
+            tracing::warn!(
+                "KEEL_INFERENCE_URL is not set: documents are recorded but not indexed for retrieval"
+            );
+            None
+        }
+    };
     let checks = vec![
         keel_runtime::health::postgres(shards.clone(), &MIGRATOR),
         keel_runtime::health::nats(bus.clone()),
@@ -89,6 +137,7 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
     .await?;
     let mut spec = ConsumerSpec::new(handler::DOCUMENTS_CONSUMER, bus.kind_filter("document.*"));
     spec.max_ack_pending = cfg.max_ack_pending;
+    spec.max_deliver = cfg.max_deliver;
     let token = tasks.token();
     let consumer_shards = shards.clone();
     tasks.spawn("consumer-documents", async move {
@@ -99,7 +148,7 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
                 _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
             }
         }
-        let handler = handler::DocumentHandler::new(consumer_shards);
+        let handler = handler::DocumentHandler::new(consumer_shards, indexer);
         if let Err(e) = keel_bus::run_consumer(&bus, spec, handler, token).await {
             tracing::error!(error = %e, "document consumer stopped");
         }
