@@ -184,6 +184,10 @@ impl TestStack {
                 format!("http://{}", inference.grpc_addr()),
             );
         let postproc = keel_postproc::start(keel_postproc::Config::from_env(&env)?).await?;
+        let env = env.with(
+            "KEEL_POSTPROC_URL",
+            format!("http://{}", postproc.grpc_addr()),
+        );
         let gateway = keel_gateway::start(keel_gateway::Config::from_env(&env)?).await?;
         for addr in [
             auth.grpc_addr(),

@@ -70,7 +70,7 @@ async fn the_gateway_refuses_bad_credentials_precisely() {
         .insert("keel-tenant-id", "acme".parse().unwrap());
     docs.create_document(req).await.unwrap();
 
-    // A contract method this deployment does not serve yet still demands credentials first.
+    // Usage: credentials first; a bad range is refused by field.
     let mut usage = pb::usage_service_client::UsageServiceClient::new(
         connect(&stack.gateway_url()).await.unwrap(),
     );
@@ -83,7 +83,11 @@ async fn the_gateway_refuses_bad_credentials_precisely() {
         .get_usage(authed(pb::GetUsageRequest::default(), &tok_acme))
         .await
         .unwrap_err();
-    assert_eq!(st.code(), Code::Unimplemented);
+    assert_eq!(st.code(), Code::InvalidArgument);
+    assert_eq!(
+        keel_tests::detail(&st, "field").as_deref(),
+        Some("start_time")
+    );
 
     // The tenant's models: credentials first, then the catalogue.
     let mut models = pb::model_service_client::ModelServiceClient::new(

@@ -133,6 +133,10 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
         "http://{}",
         setting("KEEL_INFERENCE_GRPC_ADDR", "127.0.0.1:50053")
     );
+    let postproc_url = format!(
+        "http://{}",
+        setting("KEEL_POSTPROC_GRPC_ADDR", "127.0.0.1:50054")
+    );
     let master_key = persistent_secret(&keel_dir.join("master.key"))?;
     // The operator's bootstrap credential for the admin APIs (keelctl reads the same file).
     let admin_token = persistent_secret(&keel_dir.join("admin.token"))?;
@@ -149,6 +153,7 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
                 .env(svc.admin_key, setting(svc.admin_key, svc.admin_default))
                 .env("KEEL_AUTH_URL", &auth_url)
                 .env("KEEL_INFERENCE_URL", &inference_url)
+                .env("KEEL_POSTPROC_URL", &postproc_url)
                 .env("KEEL_AUTH_MASTER_KEY", &master_key)
                 .env("KEEL_AUTH_ADMIN_TOKEN", &admin_token)
                 // A developer's stack offers keel-tiny's failure variants to try against.

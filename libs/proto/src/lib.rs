@@ -29,9 +29,17 @@ pub mod keel {
             tonic::include_proto!("keel.events.v1");
         }
     }
+    pub mod postproc {
+        pub mod v1 {
+            tonic::include_proto!("keel.postproc.v1");
+        }
+    }
 }
 
-pub use keel::{auth::v1 as auth, events::v1 as events, inference::v1 as inference, v1 as public};
+pub use keel::{
+    auth::v1 as auth, events::v1 as events, inference::v1 as inference, postproc::v1 as postproc,
+    v1 as public,
+};
 
 /// Client-side helpers for calling keel's services.
 pub mod client {

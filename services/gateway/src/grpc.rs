@@ -589,6 +589,50 @@ impl pb::model_service_server::ModelService for ModelGateway {
     }
 }
 
+/// `keel.v1.UsageService`: the caller's tenant's metered usage, read from post-processing,
+/// with the tenant's tier (from the token) to compare it against.
+pub struct UsageGateway {
+    usage: Option<keel_proto::postproc::usage_store_client::UsageStoreClient<Channel>>,
+    timeout: Duration,
+}
+
+impl UsageGateway {
+    pub fn new(postproc: Option<Channel>, timeout: Duration) -> Self {
+        UsageGateway {
+            usage: postproc.map(keel_proto::postproc::usage_store_client::UsageStoreClient::new),
+            timeout,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::usage_service_server::UsageService for UsageGateway {
+    async fn get_usage(
+        &self,
+        req: Request<pb::GetUsageRequest>,
+    ) -> Result<Response<pb::GetUsageResponse>, Status> {
+        let caller = caller(&req)?.clone();
+        let Some(usage) = &self.usage else {
+            return Err(keel_errors::status(
+                keel_errors::Reason::NotImplemented,
+                "usage is not served by this deployment (KEEL_POSTPROC_URL is not set)",
+                Vec::new(),
+            ));
+        };
+        let allowed = time_allowed(&req, self.timeout);
+        let mut up = outgoing(req.into_inner(), &caller.tenant);
+        up.set_timeout(allowed);
+        let mut r = usage
+            .clone()
+            .get_usage(up)
+            .await
+            .map_err(keel_errors::forward)?
+            .into_inner();
+        r.tier = caller.tier.clone();
+        Ok(Response::new(r))
+    }
+}
+
 /// `keel.v1.AuthenticationService`: the login flows, forwarded to auth (anonymous routes: the
 /// gate admits them without a caller).
 pub struct AuthenticationGateway {

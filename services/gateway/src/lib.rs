@@ -57,6 +57,9 @@ pub struct Config {
     pub anonymous_rate: limits::Rate,
     /// The circuit breaker in front of inference.
     pub breaker: keel_resilience::BreakerConfig,
+    /// Post-processing (`KEEL_POSTPROC_URL`), which serves metered usage; unset: `GetUsage`
+    /// answers NOT_IMPLEMENTED.
+    pub postproc_url: Option<String>,
 }
 
 impl Config {
@@ -74,6 +77,10 @@ impl Config {
             },
             auth_url: env.url("KEEL_AUTH_URL", &["http", "https"])?,
             inference_url: env.url("KEEL_INFERENCE_URL", &["http", "https"])?,
+            postproc_url: match env.raw("KEEL_POSTPROC_URL") {
+                Some(_) => Some(env.url("KEEL_POSTPROC_URL", &["http", "https"])?),
+                None => None,
+            },
             redis_url: env.url("KEEL_REDIS_URL", &["redis", "rediss"])?,
             redis_prefix: env.or("KEEL_REDIS_PREFIX", "keel".to_owned())?,
             issuer_base: env.or(
@@ -175,6 +182,12 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
         keel_proto::public::model_service_server::ModelServiceServer::from_arc(models_edge),
     )
     .add_service(
+        keel_proto::public::usage_service_server::UsageServiceServer::new(grpc::UsageGateway::new(
+            cfg.postproc_url.as_deref().map(channel).transpose()?,
+            cfg.upstream_timeout,
+        )),
+    )
+    .add_service(
         keel_proto::public::authentication_service_server::AuthenticationServiceServer::new(
             grpc::AuthenticationGateway::new(auth.clone(), cfg.upstream_timeout),
         )
@@ -189,6 +202,7 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
                 "keel.v1.DocumentService",
                 "keel.v1.InferenceService",
                 "keel.v1.ModelService",
+                "keel.v1.UsageService",
                 "keel.v1.AuthenticationService",
             ],
             routes,

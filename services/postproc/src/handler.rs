@@ -40,12 +40,14 @@ pub struct Decoded {
     pub event: DocumentEvent,
 }
 
-fn permanent(msg: impl Into<String>) -> HandlerError {
+pub fn permanent(msg: impl Into<String>) -> HandlerError {
     HandlerError::Permanent(msg.into())
 }
 
 /// Decodes and cross-checks a delivery: headers and payload must agree on tenant and event ID.
-pub fn decode(d: &Delivery) -> Result<Decoded, HandlerError> {
+/// The envelope every event carries in its headers: a known schema version, the tenant and
+/// the event ID. Returns (tenant, event ID).
+pub fn envelope(d: &Delivery) -> Result<(TenantId, String), HandlerError> {
     let version = d.schema_version.as_deref().unwrap_or("");
     if !KNOWN_SCHEMA_VERSIONS.contains(&version) {
         return Err(permanent(format!("unknown schema version {version:?}")));
@@ -58,6 +60,28 @@ pub fn decode(d: &Delivery) -> Result<Decoded, HandlerError> {
         .event_id
         .clone()
         .ok_or_else(|| permanent("missing Nats-Msg-Id header"))?;
+    Ok((header_tenant, header_id))
+}
+
+/// The payload must name the tenant and event ID its headers name.
+pub fn same_envelope(
+    header: &(TenantId, String),
+    tenant_id: &str,
+    event_id: &str,
+) -> Result<(), HandlerError> {
+    if tenant_id != header.0.as_str() {
+        return Err(permanent(
+            "payload tenant differs from the Keel-Tenant-Id header",
+        ));
+    }
+    if event_id != header.1 {
+        return Err(permanent("payload event_id differs from Nats-Msg-Id"));
+    }
+    Ok(())
+}
+
+pub fn decode(d: &Delivery) -> Result<Decoded, HandlerError> {
+    let (header_tenant, header_id) = envelope(d)?;
     let bad = |e: prost::DecodeError| permanent(format!("undecodable payload: {e}"));
     let uuid = |s: &str| {
         Uuid::try_parse(s).map_err(|_| permanent(format!("document_id {s:?} is not a UUID")))
@@ -93,14 +117,9 @@ pub fn decode(d: &Delivery) -> Result<Decoded, HandlerError> {
         }
         other => return Err(permanent(format!("unexpected event type {other:?}"))),
     };
-    if tenant_id != header_tenant.as_str() {
-        return Err(permanent(
-            "payload tenant differs from the Keel-Tenant-Id header",
-        ));
-    }
-    if event_id != header_id {
-        return Err(permanent("payload event_id differs from Nats-Msg-Id"));
-    }
+    let header = (header_tenant, header_id);
+    same_envelope(&header, &tenant_id, &event_id)?;
+    let (header_tenant, _) = header;
     Ok(Decoded {
         event_id,
         tenant: header_tenant,

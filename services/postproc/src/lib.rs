@@ -4,9 +4,12 @@
 //! * [`Config`] / [`Application`] — consumers plus a gRPC health/reflection port and admin HTTP.
 //! * [`handler`] — document events → document records (effect + dedupe in one transaction).
 //! * [`indexer`] — document events → chunks and embeddings in inference's retrieval index.
+//! * [`usage`] — inference events → usage per tenant, day and model version, and the internal
+//!   `UsageStore` the gateway reads it through.
 
 pub mod handler;
 pub mod indexer;
+pub mod usage;
 
 use keel_bus::{Bus, BusConfig, ConsumerSpec};
 use keel_config::{ConfigError, Env};
@@ -125,8 +128,12 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
         &cfg.host,
         HostSpec {
             name: "postproc",
-            grpc_services: vec![],
-            routes: tonic::service::Routes::default(),
+            grpc_services: vec!["keel.postproc.v1.UsageStore"],
+            routes: tonic::service::Routes::new(
+                keel_proto::postproc::usage_store_server::UsageStoreServer::new(
+                    usage::UsageStore::new(shards.clone()),
+                ),
+            ),
             checks,
             trust_tenant_header: true,
             gate: None,
@@ -135,24 +142,52 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
         tasks.clone(),
     )
     .await?;
-    let mut spec = ConsumerSpec::new(handler::DOCUMENTS_CONSUMER, bus.kind_filter("document.*"));
-    spec.max_ack_pending = cfg.max_ack_pending;
-    spec.max_deliver = cfg.max_deliver;
+    let consumer = |durable: &str, kind: &str| {
+        let mut spec = ConsumerSpec::new(durable, bus.kind_filter(kind));
+        spec.max_ack_pending = cfg.max_ack_pending;
+        spec.max_deliver = cfg.max_deliver;
+        spec
+    };
+    spawn_consumer(
+        &tasks,
+        "consumer-documents",
+        bus.clone(),
+        shards.clone(),
+        consumer(handler::DOCUMENTS_CONSUMER, "document.*"),
+        handler::DocumentHandler::new(shards.clone(), indexer),
+    );
+    spawn_consumer(
+        &tasks,
+        "consumer-usage",
+        bus.clone(),
+        shards.clone(),
+        consumer(usage::USAGE_CONSUMER, "inference.completed"),
+        usage::UsageHandler::new(shards.clone()),
+    );
+    host.on_shutdown(async move { shards.close().await });
+    Ok(host)
+}
+
+/// Runs one durable consumer under `tasks`, once the schema its effects need is migrated.
+fn spawn_consumer<H: keel_bus::Handler>(
+    tasks: &Tasks,
+    name: &'static str,
+    bus: Bus,
+    shards: Shards,
+    spec: ConsumerSpec,
+    handler: H,
+) {
     let token = tasks.token();
-    let consumer_shards = shards.clone();
-    tasks.spawn("consumer-documents", async move {
+    tasks.spawn(name, async move {
         // Effects need the schema: wait for the migrations the readiness check applies.
-        while !consumer_shards.is_migrated() {
+        while !shards.is_migrated() {
             tokio::select! {
                 _ = token.cancelled() => return,
                 _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
             }
         }
-        let handler = handler::DocumentHandler::new(consumer_shards, indexer);
         if let Err(e) = keel_bus::run_consumer(&bus, spec, handler, token).await {
-            tracing::error!(error = %e, "document consumer stopped");
+            tracing::error!(error = %e, consumer = name, "consumer stopped");
         }
     });
-    host.on_shutdown(async move { shards.close().await });
-    Ok(host)
 }

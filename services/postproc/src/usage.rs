@@ -1,0 +1,249 @@
+//! Usage metering: `InferenceCompleted` events → requests and tokens per tenant, UTC day and
+//! model version (the effect and the dedupe record in one transaction), and the internal
+//! `keel.postproc.v1.UsageStore` that reads them back, paged, for the gateway's `GetUsage`.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use keel_bus::{Delivery, Handler, HandlerError};
+use keel_proto::public as pb;
+use keel_runtime::context::tenant;
+use keel_store::{Shards, StoreError};
+use keel_tenancy::TenantId;
+use prost::Message;
+use sqlx::Row;
+use tonic::{Request, Response, Status};
+
+use crate::handler::{envelope, permanent, same_envelope};
+
+/// Durable consumer name.
+pub const USAGE_CONSUMER: &str = "postproc-usage";
+/// Rows per page, at most.
+const MAX_PAGE: i32 = 1000;
+/// The longest range one request may ask for.
+const MAX_DAYS: i64 = 366;
+
+/// One metered call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metered {
+    pub event_id: String,
+    pub tenant: TenantId,
+    pub day: NaiveDate,
+    pub model_version: String,
+    pub input_tokens: u32,
+    pub output_tokens: u32,
+    pub cache_hit: bool,
+}
+
+pub fn decode(d: &Delivery) -> Result<Metered, HandlerError> {
+    let header = envelope(d)?;
+    if d.event_type.as_deref() != Some("keel.events.v1.InferenceCompleted") {
+        return Err(permanent(format!(
+            "unexpected event type {:?}",
+            d.event_type
+        )));
+    }
+    let m = keel_proto::events::InferenceCompleted::decode(d.payload.as_ref())
+        .map_err(|e| permanent(format!("undecodable payload: {e}")))?;
+    same_envelope(&header, &m.tenant_id, &m.event_id)?;
+    if m.model_version.is_empty() || m.model_version.len() > 100 {
+        return Err(permanent("model_version is missing or too long"));
+    }
+    let at = m
+        .occur_time
+        .and_then(|t| {
+            DateTime::<Utc>::from_timestamp(t.seconds, t.nanos.clamp(0, 999_999_999) as u32)
+        })
+        .ok_or_else(|| permanent("occur_time is missing or out of range"))?;
+    Ok(Metered {
+        event_id: m.event_id,
+        tenant: header.0,
+        day: at.date_naive(),
+        model_version: m.model_version,
+        input_tokens: m.input_tokens,
+        output_tokens: m.output_tokens,
+        cache_hit: m.cache_hit,
+    })
+}
+
+pub struct UsageHandler {
+    shards: Shards,
+}
+
+impl UsageHandler {
+    pub fn new(shards: Shards) -> Self {
+        UsageHandler { shards }
+    }
+
+    /// Applies the event once; false when it was a duplicate.
+    #[tracing::instrument(name = "postproc.meter", skip_all, fields(db.system = "postgresql", event_id = %m.event_id))]
+    pub async fn apply(&self, m: &Metered) -> Result<bool, StoreError> {
+        let mut tx = self.shards.begin(&m.tenant).await?;
+        let fresh = sqlx::query(
+            "INSERT INTO processed_events (consumer, event_id, tenant_id) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(USAGE_CONSUMER)
+        .bind(&m.event_id)
+        .bind(m.tenant.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !fresh {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO usage_daily (tenant_id, day, model_version, requests, input_tokens, output_tokens, cache_hits)
+             VALUES ($1, $2, $3, 1, $4, $5, $6)
+             ON CONFLICT (tenant_id, day, model_version) DO UPDATE
+             SET requests = usage_daily.requests + 1,
+                 input_tokens = usage_daily.input_tokens + EXCLUDED.input_tokens,
+                 output_tokens = usage_daily.output_tokens + EXCLUDED.output_tokens,
+                 cache_hits = usage_daily.cache_hits + EXCLUDED.cache_hits",
+        )
+        .bind(m.tenant.as_str())
+        .bind(m.day)
+        .bind(&m.model_version)
+        .bind(i64::from(m.input_tokens))
+        .bind(i64::from(m.output_tokens))
+        .bind(i64::from(m.cache_hit))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+
+impl Handler for UsageHandler {
+    async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
+        let m = decode(delivery)?;
+        match self.apply(&m).await {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                metrics::counter!("keel_consumer_duplicates_total", "consumer" => USAGE_CONSUMER)
+                    .increment(1);
+                Ok(())
+            }
+            Err(e) => Err(HandlerError::Transient(e.to_string())),
+        }
+    }
+}
+
+/// The gRPC edge.
+pub struct UsageStore {
+    shards: Shards,
+}
+
+impl UsageStore {
+    pub fn new(shards: Shards) -> Self {
+        UsageStore { shards }
+    }
+}
+
+fn invalid(field: &'static str, problem: impl Into<String>) -> Status {
+    keel_errors::status(
+        keel_errors::Reason::InvalidArgument,
+        format!("{field}: {}", problem.into()),
+        vec![("field", field.into())],
+    )
+}
+
+fn day_of(t: &Option<prost_types::Timestamp>, field: &'static str) -> Result<NaiveDate, Status> {
+    let t = t.as_ref().ok_or_else(|| invalid(field, "is required"))?;
+    DateTime::<Utc>::from_timestamp(t.seconds, t.nanos.clamp(0, 999_999_999) as u32)
+        .map(|d| d.date_naive())
+        .ok_or_else(|| invalid(field, "is out of range"))
+}
+
+#[tonic::async_trait]
+impl keel_proto::postproc::usage_store_server::UsageStore for UsageStore {
+    async fn get_usage(
+        &self,
+        req: Request<pb::GetUsageRequest>,
+    ) -> Result<Response<pb::GetUsageResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let r = req.into_inner();
+        let start = day_of(&r.start_time, "start_time")?;
+        let end = day_of(&r.end_time, "end_time")?;
+        if end <= start || (end - start).num_days() > MAX_DAYS {
+            return Err(invalid(
+                "end_time",
+                format!("must be after start_time, at most {MAX_DAYS} days later"),
+            ));
+        }
+        let size = match r.page_size {
+            0 => MAX_PAGE,
+            n if (1..=MAX_PAGE).contains(&n) => n,
+            _ => return Err(invalid("page_size", format!("must be 0 to {MAX_PAGE}"))),
+        };
+        // The page token is the last row's (day, model_version).
+        let after: Option<(NaiveDate, String)> = match r.page_token.split_once('|') {
+            None if r.page_token.is_empty() => None,
+            Some((d, v)) => Some((
+                d.parse()
+                    .map_err(|_| invalid("page_token", "is not valid for this query"))?,
+                v.to_owned(),
+            )),
+            None => return Err(invalid("page_token", "is not valid for this query")),
+        };
+        let store = |e: sqlx::Error| {
+            let e = StoreError::from(e);
+            tracing::error!(error = %e, "usage query failed");
+            keel_errors::status(
+                keel_errors::Reason::Unavailable,
+                "usage is unavailable",
+                vec![("dependency", "postgres".into())],
+            )
+        };
+        let mut tx = self.shards.begin(&tenant).await.map_err(|e| {
+            tracing::error!(error = %e, "usage query failed");
+            keel_errors::status(
+                keel_errors::Reason::Unavailable,
+                "usage is unavailable",
+                vec![("dependency", "postgres".into())],
+            )
+        })?;
+        let rows = sqlx::query(
+            "SELECT day, model_version, requests, input_tokens, output_tokens FROM usage_daily
+             WHERE tenant_id = $1 AND day >= $2 AND day < $3
+               AND ($4::date IS NULL OR (day, model_version) > ($4, $5))
+             ORDER BY day, model_version LIMIT $6",
+        )
+        .bind(tenant.as_str())
+        .bind(start)
+        .bind(end)
+        .bind(after.as_ref().map(|a| a.0))
+        .bind(after.as_ref().map(|a| a.1.clone()).unwrap_or_default())
+        .bind(i64::from(size) + 1)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(store)?;
+        tx.commit().await.map_err(store)?;
+        let mut records = Vec::with_capacity(rows.len());
+        let mut last = None;
+        for row in rows.iter().take(size as usize) {
+            let day: NaiveDate = row.try_get("day").map_err(store)?;
+            let version: String = row.try_get("model_version").map_err(store)?;
+            let n = |c: &str| -> Result<u64, Status> {
+                Ok(row.try_get::<i64, _>(c).map_err(store)?.max(0) as u64)
+            };
+            records.push(pb::UsageRecord {
+                day: day.format("%Y-%m-%d").to_string(),
+                model_version: version.clone(),
+                requests: n("requests")?,
+                input_tokens: n("input_tokens")?,
+                output_tokens: n("output_tokens")?,
+            });
+            last = Some(format!("{day}|{version}"));
+        }
+        Ok(Response::new(pb::GetUsageResponse {
+            records,
+            next_page_token: if rows.len() > size as usize {
+                last.unwrap_or_default()
+            } else {
+                String::new()
+            },
+            tier: String::new(),
+        }))
+    }
+}
