@@ -311,11 +311,11 @@ async fn one_trace_spans_every_hop_and_every_span_and_line_carries_the_tenant() 
     // The consumer span is linked to the producer's span as well as parented by it.
     let process = spans
         .iter()
-        .find(|s| s.name.starts_with("process "))
+        .find(|s| s.name == "process postproc-documents")
         .unwrap();
     let publish = spans
         .iter()
-        .find(|s| s.name.starts_with("publish "))
+        .find(|s| s.name == "publish document.created")
         .unwrap();
     assert_eq!(process.parent_span_id, publish.span_context.span_id());
     assert!(

@@ -84,6 +84,27 @@ pub enum HandlerError {
 
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, delivery: &Delivery) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// Messages handled together, at most (1: one at a time). A handler that can commit many
+    /// effects in one transaction says how many; the runner then hands it whatever has
+    /// arrived, up to this, in one [`Handler::handle_batch`] call.
+    fn batch_size(&self) -> usize {
+        1
+    }
+
+    /// One result per delivery, in order. The default handles them one by one.
+    fn handle_batch(
+        &self,
+        deliveries: &[Delivery],
+    ) -> impl Future<Output = Vec<Result<(), HandlerError>>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(deliveries.len());
+            for d in deliveries {
+                out.push(self.handle(d).await);
+            }
+            out
+        }
+    }
 }
 
 /// Runs until `shutdown` fires. Between messages it checks for shutdown, so the message in hand
@@ -119,6 +140,17 @@ pub async fn run_consumer<H: Handler>(
                 next = messages.next() => next,
             };
             match next {
+                Some(Ok(msg)) if handler.batch_size() > 1 => {
+                    // Take what has already arrived, without waiting for more.
+                    let mut batch = vec![msg];
+                    while batch.len() < handler.batch_size() {
+                        match futures::FutureExt::now_or_never(messages.next()) {
+                            Some(Some(Ok(m))) => batch.push(m),
+                            _ => break,
+                        }
+                    }
+                    process_batch(bus, &spec, &handler, batch).await;
+                }
                 Some(Ok(msg)) => process(bus, &spec, &handler, msg).await,
                 Some(Err(e)) => {
                     tracing::warn!(consumer = %spec.durable, error = %e, "message stream error");
@@ -181,27 +213,30 @@ pub fn backoff(delivered: i64) -> Duration {
     half + half.mul_f64(fastrand::f64())
 }
 
-async fn process<H: Handler>(
-    bus: &Bus,
-    spec: &ConsumerSpec,
-    handler: &H,
-    msg: async_nats::jetstream::Message,
-) {
+fn delivery_of(msg: &async_nats::jetstream::Message) -> Delivery {
     let (delivered, stream_sequence) = msg
         .info()
         .map(|i| (i.delivered, i.stream_sequence))
         .unwrap_or((1, 0));
-    let tenant_raw = header(&msg, NATS_TENANT_HEADER);
-    let delivery = Delivery {
+    let tenant_raw = header(msg, NATS_TENANT_HEADER);
+    Delivery {
         subject: msg.subject.to_string(),
-        event_id: header(&msg, crate::dlq::EVENT_ID_HEADER).or_else(|| header(&msg, "Nats-Msg-Id")),
+        event_id: header(msg, crate::dlq::EVENT_ID_HEADER).or_else(|| header(msg, "Nats-Msg-Id")),
         tenant: tenant_raw.as_deref().and_then(|t| TenantId::parse(t).ok()),
-        event_type: header(&msg, EVENT_TYPE_HEADER),
-        schema_version: header(&msg, SCHEMA_VERSION_HEADER),
+        event_type: header(msg, EVENT_TYPE_HEADER),
+        schema_version: header(msg, SCHEMA_VERSION_HEADER),
         payload: msg.payload.clone(),
         delivered,
         stream_sequence,
-    };
+    }
+}
+
+/// The consumer span of one message, parented on and linked to its producer's.
+fn span_of(
+    spec: &ConsumerSpec,
+    msg: &async_nats::jetstream::Message,
+    delivery: &Delivery,
+) -> tracing::Span {
     let parent = msg
         .headers
         .as_ref()
@@ -217,7 +252,7 @@ async fn process<H: Handler>(
         messaging.destination.name = %delivery.subject,
         messaging.consumer.group.name = %spec.durable,
         messaging.message.id = delivery.event_id.as_deref().unwrap_or(""),
-        messaging.delivery_count = delivered,
+        messaging.delivery_count = delivery.delivered,
         tenant.id = tracing::field::Empty,
         correlation_id = tracing::field::Empty,
         trace_id = tracing::field::Empty,
@@ -232,22 +267,98 @@ async fn process<H: Handler>(
     if producer.is_valid() {
         span.add_link(producer);
     }
+    span
+}
+
+async fn process<H: Handler>(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+    handler: &H,
+    msg: async_nats::jetstream::Message,
+) {
+    let delivery = delivery_of(&msg);
+    let span = span_of(spec, &msg, &delivery);
     let started = Instant::now();
     let result = handler.handle(&delivery).instrument(span.clone()).await;
+    settle(bus, spec, &msg, &delivery, &span, result).await;
+    metrics::histogram!("keel_consumer_duration_seconds", "consumer" => spec.durable.clone())
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// Hands the batch to the handler at once, then settles each message as [`process`] would.
+async fn process_batch<H: Handler>(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+    handler: &H,
+    msgs: Vec<async_nats::jetstream::Message>,
+) {
+    let deliveries: Vec<Delivery> = msgs.iter().map(delivery_of).collect();
+    let spans: Vec<tracing::Span> = msgs
+        .iter()
+        .zip(&deliveries)
+        .map(|(m, d)| span_of(spec, m, d))
+        .collect();
+    let batch_span = tracing::info_span!(
+        "nats.process_batch",
+        otel.name = %format!("process {} batch", spec.durable),
+        otel.kind = "consumer",
+        messaging.system = "nats",
+        messaging.batch.message_count = deliveries.len(),
+    );
+    for s in &spans {
+        if let Some(id) = s.id() {
+            batch_span.follows_from(id);
+        }
+    }
+    let started = Instant::now();
+    let results = handler
+        .handle_batch(&deliveries)
+        .instrument(batch_span)
+        .await;
+    metrics::histogram!("keel_consumer_batch_size", "consumer" => spec.durable.clone())
+        .record(deliveries.len() as f64);
+    let mut results = results.into_iter();
+    let settles = msgs
+        .iter()
+        .zip(&deliveries)
+        .zip(&spans)
+        .map(|((m, d), span)| {
+            let result = results.next().unwrap_or_else(|| {
+                Err(HandlerError::Transient("the handler gave no result".into()))
+            });
+            settle(bus, spec, m, d, span, result)
+        });
+    futures::future::join_all(settles).await;
+    metrics::histogram!("keel_consumer_duration_seconds", "consumer" => spec.durable.clone())
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// Acks after success; naks transient failures with backoff; dead-letters permanent ones and
+/// those out of deliveries, then terminates them.
+async fn settle(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+    msg: &async_nats::jetstream::Message,
+    delivery: &Delivery,
+    span: &tracing::Span,
+    result: Result<(), HandlerError>,
+) {
+    let delivered = delivery.delivered;
+    let stream_sequence = delivery.stream_sequence;
     let outcome = match &result {
         Ok(()) => match msg.double_ack().await {
             Ok(()) => "acked",
             Err(e) => {
                 // The effect committed; a redelivery will be recognised as a duplicate.
-                tracing::warn!(parent: &span, error = %e, "ack not confirmed");
+                tracing::warn!(parent: span, error = %e, "ack not confirmed");
                 "ack_unconfirmed"
             }
         },
         Err(HandlerError::Transient(e)) if delivered < spec.max_deliver => {
             let delay = backoff(delivered);
-            tracing::warn!(parent: &span, error = %e, delivered, retry_in_ms = delay.as_millis() as u64, "transient failure, will retry");
+            tracing::warn!(parent: span, error = %e, delivered, retry_in_ms = delay.as_millis() as u64, "transient failure, will retry");
             if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
-                tracing::warn!(parent: &span, error = %e, "nak failed; redelivery after ack_wait");
+                tracing::warn!(parent: span, error = %e, "nak failed; redelivery after ack_wait");
             }
             "retried"
         }
@@ -269,18 +380,18 @@ async fn process<H: Handler>(
                 .await
             {
                 Ok(()) => {
-                    tracing::error!(parent: &span, error = %why, delivered, stream_sequence, "message dead-lettered, terminating it");
+                    tracing::error!(parent: span, error = %why, delivered, stream_sequence, "message dead-lettered, terminating it");
                     if let Err(e) = msg.ack_with(AckKind::Term).await {
-                        tracing::warn!(parent: &span, error = %e, "term failed");
+                        tracing::warn!(parent: span, error = %e, "term failed");
                     }
                     "dead_lettered"
                 }
                 Err(dlq) => {
                     // Not stored anywhere yet: keep it in the stream and try again later.
                     let delay = backoff(delivered);
-                    tracing::error!(parent: &span, error = %why, dlq_error = %dlq, "dead-lettering failed; message kept for retry");
+                    tracing::error!(parent: span, error = %why, dlq_error = %dlq, "dead-lettering failed; message kept for retry");
                     if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
-                        tracing::warn!(parent: &span, error = %e, "nak failed; redelivery after ack_wait");
+                        tracing::warn!(parent: span, error = %e, "nak failed; redelivery after ack_wait");
                     }
                     "retried"
                 }
@@ -288,8 +399,6 @@ async fn process<H: Handler>(
         }
     };
     metrics::counter!("keel_consumer_messages_total", "consumer" => spec.durable.clone(), "outcome" => outcome).increment(1);
-    metrics::histogram!("keel_consumer_duration_seconds", "consumer" => spec.durable.clone())
-        .record(started.elapsed().as_secs_f64());
 }
 
 #[cfg(test)]

@@ -114,7 +114,120 @@ impl UsageHandler {
     }
 }
 
+impl UsageHandler {
+    /// Applies many events with one transaction per shard: the dedupe records of all of them
+    /// in one statement, then the sums of the fresh ones, one row per (tenant, day, version).
+    /// Returns, per event, whether it was fresh.
+    async fn apply_many(&self, shard: usize, ms: &[&Metered]) -> Result<Vec<bool>, StoreError> {
+        let Some(pool) = self.shards.pools().get(shard) else {
+            return Err(StoreError::from(sqlx::Error::PoolClosed));
+        };
+        let mut tx = pool.begin().await?;
+        let fresh: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO processed_events (consumer, event_id, tenant_id)
+             SELECT $1, e, t FROM UNNEST($2::text[], $3::text[]) AS x(e, t)
+             ON CONFLICT DO NOTHING RETURNING event_id",
+        )
+        .bind(USAGE_CONSUMER)
+        .bind(ms.iter().map(|m| m.event_id.as_str()).collect::<Vec<_>>())
+        .bind(ms.iter().map(|m| m.tenant.as_str()).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+        let fresh: std::collections::HashSet<String> = fresh.into_iter().collect();
+        // A batch may hold the same event twice (a redelivery): count it once.
+        let mut counted = std::collections::HashSet::new();
+        let mut sums: std::collections::BTreeMap<(&str, NaiveDate, &str), [i64; 4]> =
+            std::collections::BTreeMap::new();
+        let mut out = Vec::with_capacity(ms.len());
+        for m in ms {
+            let is_fresh = fresh.contains(&m.event_id) && counted.insert(m.event_id.as_str());
+            out.push(is_fresh);
+            if is_fresh {
+                let s = sums
+                    .entry((m.tenant.as_str(), m.day, m.model_version.as_str()))
+                    .or_default();
+                s[0] += 1;
+                s[1] += i64::from(m.input_tokens);
+                s[2] += i64::from(m.output_tokens);
+                s[3] += i64::from(m.cache_hit);
+            }
+        }
+        if !sums.is_empty() {
+            let col = |i: usize| sums.values().map(|s| s[i]).collect::<Vec<i64>>();
+            sqlx::query(
+                "INSERT INTO usage_daily (tenant_id, day, model_version, requests, input_tokens, output_tokens, cache_hits)
+                 SELECT * FROM UNNEST($1::text[], $2::date[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
+                 ON CONFLICT (tenant_id, day, model_version) DO UPDATE
+                 SET requests = usage_daily.requests + EXCLUDED.requests,
+                     input_tokens = usage_daily.input_tokens + EXCLUDED.input_tokens,
+                     output_tokens = usage_daily.output_tokens + EXCLUDED.output_tokens,
+                     cache_hits = usage_daily.cache_hits + EXCLUDED.cache_hits",
+            )
+            .bind(sums.keys().map(|k| k.0).collect::<Vec<_>>())
+            .bind(sums.keys().map(|k| k.1).collect::<Vec<_>>())
+            .bind(sums.keys().map(|k| k.2).collect::<Vec<_>>())
+            .bind(col(0))
+            .bind(col(1))
+            .bind(col(2))
+            .bind(col(3))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+}
+
+/// Events metered in one transaction, at most.
+pub const USAGE_BATCH: usize = 256;
+
 impl Handler for UsageHandler {
+    fn batch_size(&self) -> usize {
+        USAGE_BATCH
+    }
+
+    async fn handle_batch(&self, deliveries: &[Delivery]) -> Vec<Result<(), HandlerError>> {
+        let decoded: Vec<Result<Metered, HandlerError>> = deliveries.iter().map(decode).collect();
+        let mut results: Vec<Result<(), HandlerError>> = decoded
+            .iter()
+            .map(|d| match d {
+                Ok(_) => Ok(()),
+                Err(HandlerError::Permanent(e)) => Err(HandlerError::Permanent(e.clone())),
+                Err(HandlerError::Transient(e)) => Err(HandlerError::Transient(e.clone())),
+            })
+            .collect();
+        let mut by_shard: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+        for (i, d) in decoded.iter().enumerate() {
+            if let Ok(m) = d {
+                by_shard
+                    .entry(self.shards.map().physical(&m.tenant))
+                    .or_default()
+                    .push(i);
+            }
+        }
+        for (shard, idx) in by_shard {
+            let ms: Vec<&Metered> = idx
+                .iter()
+                .filter_map(|i| decoded[*i].as_ref().ok())
+                .collect();
+            match self.apply_many(shard, &ms).await {
+                Ok(fresh) => {
+                    let dups = fresh.iter().filter(|f| !**f).count();
+                    if dups > 0 {
+                        metrics::counter!("keel_consumer_duplicates_total", "consumer" => USAGE_CONSUMER)
+                            .increment(dups as u64);
+                    }
+                }
+                Err(e) => {
+                    for i in idx {
+                        results[i] = Err(HandlerError::Transient(e.to_string()));
+                    }
+                }
+            }
+        }
+        results
+    }
+
     async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
         let m = decode(delivery)?;
         match self.apply(&m).await {
