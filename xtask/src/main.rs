@@ -34,6 +34,8 @@ commands:
   bench gateway   open-model load, direct vs. through the gateway: overhead, max rate, RSS
   bench inference [--documents N] [--rate R] [--smoke]   1M documents seeded by COPY, CRUD
            latency at a fixed rate, embeddings/s and completions/s (cold, hot), a request storm
+  bench postproc [--events N] [--smoke]   the metering path, publish → usage committed, with
+           one and two postproc instances: events/s, lag p50/p99, lost, duplicated
   fuzz [TARGET] [SECONDS]   run a cargo-fuzz target (default: every target, 60 s each)
 ";
 
@@ -98,7 +100,7 @@ fn test(extra: &[String]) -> Result<ExitCode> {
     }
 }
 
-/// `cargo xtask bench auth|gateway|inference [ARGS]`: the benchmark binary, in release, against a
+/// `cargo xtask bench auth|gateway|inference|postproc [ARGS]`: the benchmark binary, in release, against a
 /// throwaway stack; ARGS are passed to it.
 fn bench(args: &[String]) -> Result<ExitCode> {
     let what = args.first().map(String::as_str);
@@ -106,8 +108,11 @@ fn bench(args: &[String]) -> Result<ExitCode> {
         Some("auth") => "bench_auth",
         Some("gateway") => "bench_gateway",
         Some("inference") => "bench_inference",
+        Some("postproc") => "bench_postproc",
         _ => {
-            eprintln!("usage: cargo xtask bench auth|gateway|inference [ARGS for the benchmark]");
+            eprintln!(
+                "usage: cargo xtask bench auth|gateway|inference|postproc [ARGS for the benchmark]"
+            );
             return Ok(ExitCode::from(2));
         }
     };
