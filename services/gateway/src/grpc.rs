@@ -589,47 +589,64 @@ impl pb::model_service_server::ModelService for ModelGateway {
     }
 }
 
-/// `keel.v1.UsageService`: the caller's tenant's metered usage, read from post-processing,
-/// with the tenant's tier (from the token) to compare it against.
-pub struct UsageGateway {
-    usage: Option<keel_proto::postproc::usage_store_client::UsageStoreClient<Channel>>,
+/// `keel.v1.UsageService` and `keel.v1.AuditService`: what post-processing keeps for the
+/// caller's tenant — its metered usage (with the tier from the token to compare it against)
+/// and its audit log.
+pub struct PostprocGateway {
+    postproc: Option<Channel>,
     timeout: Duration,
 }
 
-impl UsageGateway {
+impl PostprocGateway {
     pub fn new(postproc: Option<Channel>, timeout: Duration) -> Self {
-        UsageGateway {
-            usage: postproc.map(keel_proto::postproc::usage_store_client::UsageStoreClient::new),
-            timeout,
-        }
+        PostprocGateway { postproc, timeout }
     }
-}
 
-#[tonic::async_trait]
-impl pb::usage_service_server::UsageService for UsageGateway {
-    async fn get_usage(
-        &self,
-        req: Request<pb::GetUsageRequest>,
-    ) -> Result<Response<pb::GetUsageResponse>, Status> {
+    /// The channel and the upstream request on behalf of the caller's tenant.
+    fn upstream<T>(&self, req: Request<T>) -> Result<(Channel, Request<T>, Caller), Status> {
         let caller = caller(&req)?.clone();
-        let Some(usage) = &self.usage else {
+        let Some(channel) = self.postproc.clone() else {
             return Err(keel_errors::status(
                 keel_errors::Reason::NotImplemented,
-                "usage is not served by this deployment (KEEL_POSTPROC_URL is not set)",
+                "this deployment does not serve it (KEEL_POSTPROC_URL is not set)",
                 Vec::new(),
             ));
         };
         let allowed = time_allowed(&req, self.timeout);
         let mut up = outgoing(req.into_inner(), &caller.tenant);
         up.set_timeout(allowed);
-        let mut r = usage
-            .clone()
+        Ok((channel, up, caller))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::usage_service_server::UsageService for PostprocGateway {
+    async fn get_usage(
+        &self,
+        req: Request<pb::GetUsageRequest>,
+    ) -> Result<Response<pb::GetUsageResponse>, Status> {
+        let (channel, up, caller) = self.upstream(req)?;
+        let mut r = keel_proto::postproc::usage_store_client::UsageStoreClient::new(channel)
             .get_usage(up)
             .await
             .map_err(keel_errors::forward)?
             .into_inner();
-        r.tier = caller.tier.clone();
+        r.tier = caller.tier;
         Ok(Response::new(r))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::audit_service_server::AuditService for PostprocGateway {
+    async fn list_audit_events(
+        &self,
+        req: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        let (channel, up, _) = self.upstream(req)?;
+        keel_proto::postproc::audit_log_client::AuditLogClient::new(channel)
+            .list_audit_events(up)
+            .await
+            .map_err(keel_errors::forward)
     }
 }
 

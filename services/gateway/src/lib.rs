@@ -158,6 +158,10 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
         inference.clone(),
         cfg.upstream_timeout,
     ));
+    let postproc_edge = Arc::new(grpc::PostprocGateway::new(
+        cfg.postproc_url.as_deref().map(channel).transpose()?,
+        cfg.upstream_timeout,
+    ));
     let openai = openai::router(gate.clone(), inference_edge.clone(), models_edge.clone());
     let routes = tonic::service::Routes::new(
         keel_proto::public::document_service_server::DocumentServiceServer::new(
@@ -182,10 +186,12 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
         keel_proto::public::model_service_server::ModelServiceServer::from_arc(models_edge),
     )
     .add_service(
-        keel_proto::public::usage_service_server::UsageServiceServer::new(grpc::UsageGateway::new(
-            cfg.postproc_url.as_deref().map(channel).transpose()?,
-            cfg.upstream_timeout,
-        )),
+        keel_proto::public::usage_service_server::UsageServiceServer::from_arc(
+            postproc_edge.clone(),
+        ),
+    )
+    .add_service(
+        keel_proto::public::audit_service_server::AuditServiceServer::from_arc(postproc_edge),
     )
     .add_service(
         keel_proto::public::authentication_service_server::AuthenticationServiceServer::new(
@@ -203,6 +209,7 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
                 "keel.v1.InferenceService",
                 "keel.v1.ModelService",
                 "keel.v1.UsageService",
+                "keel.v1.AuditService",
                 "keel.v1.AuthenticationService",
             ],
             routes,

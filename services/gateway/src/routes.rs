@@ -113,6 +113,10 @@ pub const ROUTES: &[Route] = &[
         path: "/keel.v1.UsageService/GetUsage",
         access: Access::Token("usage:read"),
     },
+    Route {
+        path: "/keel.v1.AuditService/ListAuditEvents",
+        access: Access::Token("tenant:admin"),
+    },
 ];
 
 /// Infrastructure methods every server answers without credentials.

@@ -6,7 +6,9 @@
 //! * [`indexer`] — document events → chunks and embeddings in inference's retrieval index.
 //! * [`usage`] — inference events → usage per tenant, day and model version, and the internal
 //!   `UsageStore` the gateway reads it through.
+//! * [`audit`] — audit events → each tenant's append-only audit log, and the internal `AuditLog`.
 
+pub mod audit;
 pub mod handler;
 pub mod indexer;
 pub mod usage;
@@ -128,12 +130,15 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
         &cfg.host,
         HostSpec {
             name: "postproc",
-            grpc_services: vec!["keel.postproc.v1.UsageStore"],
+            grpc_services: vec!["keel.postproc.v1.UsageStore", "keel.postproc.v1.AuditLog"],
             routes: tonic::service::Routes::new(
                 keel_proto::postproc::usage_store_server::UsageStoreServer::new(
                     usage::UsageStore::new(shards.clone()),
                 ),
-            ),
+            )
+            .add_service(keel_proto::postproc::audit_log_server::AuditLogServer::new(
+                audit::AuditLog::new(shards.clone()),
+            )),
             checks,
             trust_tenant_header: true,
             gate: None,
@@ -163,6 +168,14 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
         shards.clone(),
         consumer(usage::USAGE_CONSUMER, "inference.completed"),
         usage::UsageHandler::new(shards.clone()),
+    );
+    spawn_consumer(
+        &tasks,
+        "consumer-audit",
+        bus.clone(),
+        shards.clone(),
+        consumer(audit::AUDIT_CONSUMER, "audit.>"),
+        audit::AuditHandler::new(shards.clone()),
     );
     host.on_shutdown(async move { shards.close().await });
     Ok(host)
