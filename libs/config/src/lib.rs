@@ -62,6 +62,11 @@ impl Env {
         self
     }
 
+    /// Every variable (for handing the same configuration to a child process).
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     /// The raw value; empty strings count as unset.
     pub fn raw(&self, key: &str) -> Option<&str> {
         self.vars

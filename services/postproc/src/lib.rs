@@ -33,6 +33,8 @@ pub struct Config {
     pub max_ack_pending: i64,
     /// Deliveries of one message before it is dead-lettered.
     pub max_deliver: i64,
+    /// Redelivery when a message is not acked in time (a crashed or stuck instance).
+    pub ack_wait: std::time::Duration,
     /// Inference (`KEEL_INFERENCE_URL`): where documents are read, embedded and indexed.
     pub inference_url: Option<String>,
     pub embed_model: String,
@@ -74,6 +76,10 @@ impl Config {
                     });
                 }
             },
+            ack_wait: env.duration(
+                "KEEL_POSTPROC_ACK_WAIT",
+                keel_bus::consumer::DEFAULT_ACK_WAIT,
+            )?,
             inference_url: match env.raw("KEEL_INFERENCE_URL") {
                 Some(_) => Some(env.url("KEEL_INFERENCE_URL", &["http", "https"])?),
                 None => None,
@@ -151,6 +157,7 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
         let mut spec = ConsumerSpec::new(durable, bus.kind_filter(kind));
         spec.max_ack_pending = cfg.max_ack_pending;
         spec.max_deliver = cfg.max_deliver;
+        spec.ack_wait = cfg.ack_wait;
         spec
     };
     spawn_consumer(

@@ -1,0 +1,179 @@
+//! Post-processing killed with SIGKILL in the middle of its work loses nothing and counts
+//! nothing twice: what it had not acked is redelivered after the ack wait to the instance that
+//! replaces it (and to a second instance sharing the consumer), and every effect is keyed by
+//! its event ID.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use keel_tests::{TestStack, free_port};
+use prost::Message;
+
+const EVENTS: usize = 20_000;
+const TENANTS: usize = 8;
+
+/// The postproc binary cargo built next to this test (`cargo test --all-targets`).
+fn postproc_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let bin = dir.join("keel-postproc");
+    assert!(
+        bin.exists(),
+        "{} is missing: run through `cargo xtask test` (it builds every target)",
+        bin.display()
+    );
+    bin
+}
+
+/// A postproc process with the stack's configuration.
+fn spawn(stack: &TestStack) -> Child {
+    let mut cmd = Command::new(postproc_binary());
+    cmd.env_clear()
+        .envs(stack.env.pairs())
+        .env(
+            "KEEL_POSTPROC_GRPC_ADDR",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env(
+            "KEEL_POSTPROC_ADMIN_ADDR",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env("KEEL_POSTPROC_ACK_WAIT", "2s")
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd.spawn().unwrap()
+}
+
+async fn metered(pools: &[sqlx::PgPool]) -> (i64, i64) {
+    let (mut requests, mut records) = (0, 0);
+    for p in pools {
+        let r: Option<i64> =
+            sqlx::query_scalar("SELECT sum(requests)::bigint FROM postproc.usage_daily")
+                .fetch_one(p)
+                .await
+                .unwrap();
+        let d: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM postproc.processed_events WHERE consumer = 'postproc-usage'",
+        )
+        .fetch_one(p)
+        .await
+        .unwrap();
+        requests += r.unwrap_or(0);
+        records += d;
+    }
+    (requests, records)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_mid_batch_loses_nothing_and_counts_nothing_twice() {
+    let mut stack = TestStack::start_with(|e| e.with("KEEL_POSTPROC_ACK_WAIT", "2s"))
+        .await
+        .unwrap();
+    // Only the processes of this test consume.
+    stack.postproc.take().unwrap().shutdown().await;
+    let mut pools = Vec::new();
+    for i in 0..stack.database_urls.len() {
+        pools.push(stack.shard(i).await.unwrap());
+    }
+    let bus = keel_bus::Bus::connect(keel_bus::BusConfig::from_env(&stack.env).unwrap())
+        .await
+        .unwrap();
+    bus.ensure_stream().await.unwrap();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let mut acks = Vec::new();
+    for i in 0..EVENTS {
+        let tenant = keel_tenancy::TenantId::parse(&format!("crash-{}", i % TENANTS)).unwrap();
+        let id = uuid::Uuid::now_v7().to_string();
+        let payload = keel_proto::events::InferenceCompleted {
+            event_id: id.clone(),
+            tenant_id: tenant.to_string(),
+            model: "keel-tiny".into(),
+            model_version: "keel-tiny@1".into(),
+            input_tokens: 3,
+            output_tokens: 5,
+            occur_time: Some(prost_types::Timestamp {
+                seconds: now.as_secs() as i64,
+                nanos: 0,
+            }),
+            finish_reason: "stop".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id.as_str());
+        headers.insert("Keel-Tenant-Id", tenant.as_str());
+        headers.insert("Keel-Event-Type", "keel.events.v1.InferenceCompleted");
+        headers.insert("Keel-Schema-Version", "1");
+        acks.push(
+            bus.jetstream()
+                .publish_with_headers(
+                    bus.subject(&tenant, "inference.completed"),
+                    headers,
+                    payload.into(),
+                )
+                .await
+                .unwrap(),
+        );
+        if acks.len() >= 2000 {
+            for a in acks.drain(..) {
+                a.await.unwrap();
+            }
+        }
+    }
+    for a in acks.drain(..) {
+        a.await.unwrap();
+    }
+
+    // The first instance works through the backlog; it is killed part-way.
+    let mut first = spawn(&stack);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (n, _) = metered(&pools).await;
+        if n >= (EVENTS / 5) as i64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first instance made no progress ({n})"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let (at_kill, _) = metered(&pools).await;
+    assert!(at_kill < EVENTS as i64, "killed before the end ({at_kill})");
+
+    // Two instances take over the same durable consumer; what the first had in hand comes back
+    // after the ack wait.
+    let mut second = spawn(&stack);
+    let mut third = spawn(&stack);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let (requests, records) = loop {
+        let (n, d) = metered(&pools).await;
+        if n >= EVENTS as i64 || Instant::now() > deadline {
+            break (n, d);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Let any redelivery still in flight land, then count again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (requests_after, records_after) = metered(&pools).await;
+    for c in [&mut second, &mut third] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    assert_eq!(
+        requests, EVENTS as i64,
+        "every event metered (killed at {at_kill})"
+    );
+    assert_eq!(records, EVENTS as i64);
+    assert_eq!(
+        (requests_after, records_after),
+        (EVENTS as i64, EVENTS as i64),
+        "and none twice"
+    );
+    stack.shutdown().await;
+}
