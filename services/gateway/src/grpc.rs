@@ -589,9 +589,9 @@ impl pb::model_service_server::ModelService for ModelGateway {
     }
 }
 
-/// `keel.v1.UsageService` and `keel.v1.AuditService`: what post-processing keeps for the
-/// caller's tenant — its metered usage (with the tier from the token to compare it against)
-/// and its audit log.
+/// `keel.v1.UsageService`, `keel.v1.AuditService` and `keel.v1.ModerationService`: what
+/// post-processing keeps for the caller's tenant — its metered usage (with the tier from the
+/// token to compare it against), its audit log and the verdicts on its answers.
 pub struct PostprocGateway {
     postproc: Option<Channel>,
     timeout: Duration,
@@ -633,6 +633,20 @@ impl pb::usage_service_server::UsageService for PostprocGateway {
             .into_inner();
         r.tier = caller.tier;
         Ok(Response::new(r))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::moderation_service_server::ModerationService for PostprocGateway {
+    async fn list_moderation_results(
+        &self,
+        req: Request<pb::ListModerationResultsRequest>,
+    ) -> Result<Response<pb::ListModerationResultsResponse>, Status> {
+        let (channel, up, _) = self.upstream(req)?;
+        keel_proto::postproc::moderation_store_client::ModerationStoreClient::new(channel)
+            .list_moderation_results(up)
+            .await
+            .map_err(keel_errors::forward)
     }
 }
 

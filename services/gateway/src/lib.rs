@@ -191,7 +191,14 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
         ),
     )
     .add_service(
-        keel_proto::public::audit_service_server::AuditServiceServer::from_arc(postproc_edge),
+        keel_proto::public::audit_service_server::AuditServiceServer::from_arc(
+            postproc_edge.clone(),
+        ),
+    )
+    .add_service(
+        keel_proto::public::moderation_service_server::ModerationServiceServer::from_arc(
+            postproc_edge,
+        ),
     )
     .add_service(
         keel_proto::public::authentication_service_server::AuthenticationServiceServer::new(
@@ -210,6 +217,7 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
                 "keel.v1.ModelService",
                 "keel.v1.UsageService",
                 "keel.v1.AuditService",
+                "keel.v1.ModerationService",
                 "keel.v1.AuthenticationService",
             ],
             routes,

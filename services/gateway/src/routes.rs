@@ -117,6 +117,10 @@ pub const ROUTES: &[Route] = &[
         path: "/keel.v1.AuditService/ListAuditEvents",
         access: Access::Token("tenant:admin"),
     },
+    Route {
+        path: "/keel.v1.ModerationService/ListModerationResults",
+        access: Access::Token("tenant:admin"),
+    },
 ];
 
 /// Infrastructure methods every server answers without credentials.

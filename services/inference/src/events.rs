@@ -36,6 +36,18 @@ pub struct Completed {
     pub finish_reason: String,
     pub cache_hit: bool,
     pub fallback_from: Option<String>,
+    /// The answer's text (the first [`OUTPUT_TEXT_CHARS`] characters; empty for embeddings).
+    pub output_text: String,
+}
+
+/// Answer text an event carries, at most: enough for the moderation and quality pass, small
+/// enough for the stream.
+pub const OUTPUT_TEXT_CHARS: usize = 4096;
+
+/// Appends `more` to `text` up to [`OUTPUT_TEXT_CHARS`] characters.
+pub fn keep_text(text: &mut String, more: &str) {
+    let room = OUTPUT_TEXT_CHARS.saturating_sub(text.chars().count());
+    text.extend(more.chars().take(room));
 }
 
 /// Events queued per shard before callers wait for room (each caller waits for its commit
@@ -117,6 +129,7 @@ impl Events {
             occur_time: Some(timestamp(Utc::now())),
             cache_hit: c.cache_hit,
             fallback_from: c.fallback_from.unwrap_or_default(),
+            output_text: c.output_text,
         }
         .encode_to_vec();
         if let Err(e) = self

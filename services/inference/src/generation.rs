@@ -163,6 +163,13 @@ fn answered(model: &str, answer: &Answer, ttft_ms: u32, started: Instant, hit: b
         finish_reason: answer.finish.reason.clone(),
         cache_hit: hit,
         fallback_from: answer.fallback_from.clone(),
+        output_text: {
+            let mut t = String::new();
+            for p in &answer.pieces {
+                crate::events::keep_text(&mut t, p);
+            }
+            t
+        },
     }
 }
 
@@ -439,6 +446,8 @@ struct StreamEnd {
     ttft_ms: u32,
     input_tokens: u32,
     produced: u32,
+    /// What was sent so far (bounded), for the event.
+    text: String,
     done: bool,
 }
 
@@ -454,6 +463,7 @@ impl StreamEnd {
             finish_reason: finish_reason.into(),
             cache_hit: false,
             fallback_from: (self.version != self.requested).then(|| self.requested.clone()),
+            output_text: self.text.clone(),
         }
     }
 }
@@ -546,6 +556,7 @@ impl inf::generation_server::Generation for GenerationService {
             ttft_ms: millis(started.elapsed()),
             input_tokens: call.input_tokens,
             produced: 0,
+            text: String::new(),
             done: false,
         };
         let replay = Replay {
@@ -582,6 +593,7 @@ impl inf::generation_server::Generation for GenerationService {
             match run.pieces.next().await {
                 Some(Ok(Piece::Text(t))) => {
                     run.end.produced += 1;
+                    crate::events::keep_text(&mut run.end.text, &t);
                     if let Some(c) = &mut run.collected {
                         c.push(t.clone());
                     }
@@ -663,6 +675,7 @@ impl inf::generation_server::Generation for GenerationService {
                             finish_reason: "error".into(),
                             cache_hit: false,
                             fallback_from: None,
+                            output_text: String::new(),
                         },
                     )
                     .await;
@@ -738,6 +751,7 @@ impl inf::generation_server::Generation for GenerationService {
                     finish_reason: "stop".into(),
                     cache_hit: hit,
                     fallback_from: None,
+                    output_text: String::new(),
                 },
             )
             .await;

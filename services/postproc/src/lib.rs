@@ -6,11 +6,13 @@
 //! * [`indexer`] — document events → chunks and embeddings in inference's retrieval index.
 //! * [`usage`] — inference events → usage per tenant, day and model version, and the internal
 //!   `UsageStore` the gateway reads it through.
+//! * [`moderation`] — answers → a rule-based moderation and quality verdict, stored per event.
 //! * [`audit`] — audit events → each tenant's append-only audit log, and the internal `AuditLog`.
 
 pub mod audit;
 pub mod handler;
 pub mod indexer;
+pub mod moderation;
 pub mod usage;
 
 use keel_bus::{Bus, BusConfig, ConsumerSpec};
@@ -136,7 +138,11 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
         &cfg.host,
         HostSpec {
             name: "postproc",
-            grpc_services: vec!["keel.postproc.v1.UsageStore", "keel.postproc.v1.AuditLog"],
+            grpc_services: vec![
+                "keel.postproc.v1.UsageStore",
+                "keel.postproc.v1.AuditLog",
+                "keel.postproc.v1.ModerationStore",
+            ],
             routes: tonic::service::Routes::new(
                 keel_proto::postproc::usage_store_server::UsageStoreServer::new(
                     usage::UsageStore::new(shards.clone()),
@@ -144,7 +150,12 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
             )
             .add_service(keel_proto::postproc::audit_log_server::AuditLogServer::new(
                 audit::AuditLog::new(shards.clone()),
-            )),
+            ))
+            .add_service(
+                keel_proto::postproc::moderation_store_server::ModerationStoreServer::new(
+                    moderation::ModerationStore::new(shards.clone()),
+                ),
+            ),
             checks,
             trust_tenant_header: true,
             gate: None,
@@ -175,6 +186,14 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
         shards.clone(),
         consumer(usage::USAGE_CONSUMER, "inference.completed"),
         usage::UsageHandler::new(shards.clone()),
+    );
+    spawn_consumer(
+        &tasks,
+        "consumer-moderation",
+        bus.clone(),
+        shards.clone(),
+        consumer(moderation::MODERATION_CONSUMER, "inference.completed"),
+        moderation::ModerationHandler::new(shards.clone()),
     );
     spawn_consumer(
         &tasks,
