@@ -5,16 +5,16 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use keel_bus::{Delivery, Handler, HandlerError};
+use keel_bus::{Delivery, HandlerError};
 use keel_proto::public as pb;
 use keel_runtime::context::tenant;
 use keel_store::{Shards, StoreError};
 use keel_tenancy::TenantId;
-use prost::Message;
 use sqlx::Row;
 use tonic::{Request, Response, Status};
 
-use crate::handler::{envelope, permanent, same_envelope};
+use crate::common::{self, ShardBatch, decode_event, invalid};
+use crate::handler::permanent;
 
 pub const AUDIT_CONSUMER: &str = "postproc-audit";
 pub const AUDIT_BATCH: usize = 256;
@@ -33,32 +33,20 @@ pub struct Entry {
 }
 
 pub fn decode(d: &Delivery) -> Result<Entry, HandlerError> {
-    let header = envelope(d)?;
-    if d.event_type.as_deref() != Some("keel.events.v1.AuditEvent") {
-        return Err(permanent(format!(
-            "unexpected event type {:?}",
-            d.event_type
-        )));
-    }
-    let m = keel_proto::events::AuditEvent::decode(d.payload.as_ref())
-        .map_err(|e| permanent(format!("undecodable payload: {e}")))?;
-    same_envelope(&header, &m.tenant_id, &m.event_id)?;
+    let (m, env) =
+        decode_event::<keel_proto::events::AuditEvent>(d, "keel.events.v1.AuditEvent", |m| {
+            (&m.tenant_id, &m.event_id, m.occur_time)
+        })?;
     if m.kind.is_empty() || m.kind.len() > 100 {
         return Err(permanent("kind is missing or too long"));
     }
-    let occur_time = m
-        .occur_time
-        .and_then(|t| {
-            DateTime::<Utc>::from_timestamp(t.seconds, t.nanos.clamp(0, 999_999_999) as u32)
-        })
-        .ok_or_else(|| permanent("occur_time is missing or out of range"))?;
     Ok(Entry {
-        event_id: m.event_id,
-        tenant: header.0,
+        event_id: env.event_id,
+        tenant: env.tenant,
         kind: m.kind,
         user_id: m.user_id.chars().take(200).collect(),
         session_id: m.session_id.chars().take(200).collect(),
-        occur_time,
+        occur_time: env.occur_time,
         details: m.details.into_iter().collect(),
     })
 }
@@ -72,10 +60,8 @@ impl AuditHandler {
         AuditHandler { shards }
     }
 
-    async fn append(&self, shard: usize, es: &[&Entry]) -> Result<(), StoreError> {
-        let Some(pool) = self.shards.pools().get(shard) else {
-            return Err(StoreError::from(sqlx::Error::PoolClosed));
-        };
+    async fn append(&self, shard: usize, es: Vec<Entry>) -> Result<(), StoreError> {
+        let pool = common::pool(&self.shards, shard)?;
         let details: Vec<String> = es
             .iter()
             .map(|e| serde_json::to_string(&e.details).unwrap_or_else(|_| "{}".into()))
@@ -100,49 +86,24 @@ impl AuditHandler {
     }
 }
 
-impl Handler for AuditHandler {
-    fn batch_size(&self) -> usize {
-        AUDIT_BATCH
+impl ShardBatch for AuditHandler {
+    type Item = Entry;
+    const BATCH: usize = AUDIT_BATCH;
+
+    fn shards(&self) -> &Shards {
+        &self.shards
     }
 
-    async fn handle_batch(&self, deliveries: &[Delivery]) -> Vec<Result<(), HandlerError>> {
-        let decoded: Vec<Result<Entry, HandlerError>> = deliveries.iter().map(decode).collect();
-        let mut results: Vec<Result<(), HandlerError>> = decoded
-            .iter()
-            .map(|d| match d {
-                Ok(_) => Ok(()),
-                Err(HandlerError::Permanent(e)) => Err(HandlerError::Permanent(e.clone())),
-                Err(HandlerError::Transient(e)) => Err(HandlerError::Transient(e.clone())),
-            })
-            .collect();
-        let mut by_shard: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-        for (i, d) in decoded.iter().enumerate() {
-            if let Ok(e) = d {
-                by_shard
-                    .entry(self.shards.map().physical(&e.tenant))
-                    .or_default()
-                    .push(i);
-            }
-        }
-        for (shard, idx) in by_shard {
-            let es: Vec<&Entry> = idx
-                .iter()
-                .filter_map(|i| decoded[*i].as_ref().ok())
-                .collect();
-            if let Err(e) = self.append(shard, &es).await {
-                for i in idx {
-                    results[i] = Err(HandlerError::Transient(e.to_string()));
-                }
-            }
-        }
-        results
+    fn decode(d: &Delivery) -> Result<Entry, HandlerError> {
+        decode(d)
     }
 
-    async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
-        self.handle_batch(std::slice::from_ref(delivery))
-            .await
-            .pop()
-            .unwrap_or_else(|| Err(HandlerError::Transient("no result".into())))
+    fn tenant(item: &Entry) -> &TenantId {
+        &item.tenant
+    }
+
+    async fn store(&self, shard: usize, items: Vec<Entry>) -> Result<(), StoreError> {
+        self.append(shard, items).await
     }
 }
 
@@ -157,23 +118,6 @@ impl AuditLog {
     }
 }
 
-fn invalid(field: &'static str, problem: impl Into<String>) -> Status {
-    keel_errors::status(
-        keel_errors::Reason::InvalidArgument,
-        format!("{field}: {}", problem.into()),
-        vec![("field", field.into())],
-    )
-}
-
-fn unavailable(e: impl std::fmt::Display) -> Status {
-    tracing::error!(error = %e, "audit query failed");
-    keel_errors::status(
-        keel_errors::Reason::Unavailable,
-        "the audit log is unavailable",
-        vec![("dependency", "postgres".into())],
-    )
-}
-
 #[tonic::async_trait]
 impl keel_proto::postproc::audit_log_server::AuditLog for AuditLog {
     async fn list_audit_events(
@@ -182,30 +126,17 @@ impl keel_proto::postproc::audit_log_server::AuditLog for AuditLog {
     ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
         let tenant = tenant(&req)?;
         let r = req.into_inner();
-        let size = match r.page_size {
-            0 => DEFAULT_PAGE,
-            n if (1..=MAX_PAGE).contains(&n) => n,
-            _ => return Err(invalid("page_size", format!("must be 0 to {MAX_PAGE}"))),
-        };
+        let size = common::page_size(r.page_size, DEFAULT_PAGE, MAX_PAGE)?;
         if r.kind.len() > 100 {
             return Err(invalid("kind", "is at most 100 characters"));
         }
-        // The page token is the last entry's (occur time in microseconds, event ID).
-        let after: Option<(DateTime<Utc>, String)> = match r.page_token.split_once('|') {
-            None if r.page_token.is_empty() => None,
-            Some((t, id)) => {
-                let micros: i64 = t
-                    .parse()
-                    .map_err(|_| invalid("page_token", "is not valid for this query"))?;
-                Some((
-                    DateTime::<Utc>::from_timestamp_micros(micros)
-                        .ok_or_else(|| invalid("page_token", "is not valid for this query"))?,
-                    id.to_owned(),
-                ))
-            }
-            None => return Err(invalid("page_token", "is not valid for this query")),
-        };
-        let mut tx = self.shards.begin(&tenant).await.map_err(unavailable)?;
+        let after = common::parse_time_token(&r.page_token)?;
+        let unavailable = common::unavailable("the audit log");
+        let mut tx = self
+            .shards
+            .begin(&tenant)
+            .await
+            .map_err(|e| unavailable(&e))?;
         let rows = sqlx::query(
             "SELECT event_id, kind, user_id, session_id, occur_time, details::text AS details
              FROM audit_log
@@ -221,26 +152,23 @@ impl keel_proto::postproc::audit_log_server::AuditLog for AuditLog {
         .bind(i64::from(size) + 1)
         .fetch_all(&mut *tx)
         .await
-        .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
+        .map_err(|e| unavailable(&e))?;
+        tx.commit().await.map_err(|e| unavailable(&e))?;
         let mut entries = Vec::new();
         let mut last = None;
         for row in rows.iter().take(size as usize) {
-            let at: DateTime<Utc> = row.try_get("occur_time").map_err(unavailable)?;
-            let id: String = row.try_get("event_id").map_err(unavailable)?;
-            let details: String = row.try_get("details").map_err(unavailable)?;
+            let at: DateTime<Utc> = row.try_get("occur_time").map_err(|e| unavailable(&e))?;
+            let id: String = row.try_get("event_id").map_err(|e| unavailable(&e))?;
+            let details: String = row.try_get("details").map_err(|e| unavailable(&e))?;
             entries.push(pb::AuditEntry {
                 event_id: id.clone(),
-                kind: row.try_get("kind").map_err(unavailable)?,
-                user_id: row.try_get("user_id").map_err(unavailable)?,
-                session_id: row.try_get("session_id").map_err(unavailable)?,
-                occur_time: Some(prost_types::Timestamp {
-                    seconds: at.timestamp(),
-                    nanos: at.timestamp_subsec_nanos() as i32,
-                }),
+                kind: row.try_get("kind").map_err(|e| unavailable(&e))?,
+                user_id: row.try_get("user_id").map_err(|e| unavailable(&e))?,
+                session_id: row.try_get("session_id").map_err(|e| unavailable(&e))?,
+                occur_time: Some(common::timestamp(at)),
                 details: serde_json::from_str(&details).unwrap_or_default(),
             });
-            last = Some(format!("{}|{id}", at.timestamp_micros()));
+            last = Some(common::time_token(at, &id));
         }
         Ok(Response::new(pb::ListAuditEventsResponse {
             entries,

@@ -10,6 +10,7 @@
 //! * [`audit`] — audit events → each tenant's append-only audit log, and the internal `AuditLog`.
 
 pub mod audit;
+pub mod common;
 pub mod handler;
 pub mod indexer;
 pub mod moderation;
@@ -185,7 +186,7 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
         bus.clone(),
         shards.clone(),
         consumer(usage::USAGE_CONSUMER, "inference.completed"),
-        usage::UsageHandler::new(shards.clone()),
+        common::Batched(usage::UsageHandler::new(shards.clone())),
     );
     spawn_consumer(
         &tasks,
@@ -193,7 +194,7 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
         bus.clone(),
         shards.clone(),
         consumer(moderation::MODERATION_CONSUMER, "inference.completed"),
-        moderation::ModerationHandler::new(shards.clone()),
+        common::Batched(moderation::ModerationHandler::new(shards.clone())),
     );
     spawn_consumer(
         &tasks,
@@ -201,7 +202,7 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
         bus.clone(),
         shards.clone(),
         consumer(audit::AUDIT_CONSUMER, "audit.>"),
-        audit::AuditHandler::new(shards.clone()),
+        common::Batched(audit::AuditHandler::new(shards.clone())),
     );
     host.on_shutdown(async move { shards.close().await });
     Ok(host)

@@ -8,19 +8,18 @@
 //! `quality.empty`, `quality.truncated` (stopped at the length limit), `quality.repetitive`
 //! (few distinct words). An answer is flagged when its score reaches [`FLAG_AT`].
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
-use keel_bus::{Delivery, Handler, HandlerError};
+use keel_bus::{Delivery, HandlerError};
 use keel_proto::public as pb;
 use keel_runtime::context::tenant;
 use keel_store::{Shards, StoreError};
 use keel_tenancy::TenantId;
-use prost::Message;
 use sqlx::Row;
 use tonic::{Request, Response, Status};
 
-use crate::handler::{envelope, permanent, same_envelope};
+use crate::common::{self, ShardBatch, decode_event};
 
 pub const MODERATION_CONSUMER: &str = "postproc-moderation";
 pub const MODERATION_BATCH: usize = 256;
@@ -162,37 +161,27 @@ pub fn classify(text: &str, finish_reason: &str) -> Verdict {
     }
 }
 
+/// One answer and its verdict.
 #[derive(Debug, Clone)]
-struct Judged {
-    event_id: String,
-    tenant: TenantId,
-    model_version: String,
-    occur_time: DateTime<Utc>,
-    verdict: Verdict,
+pub struct Judged {
+    pub event_id: String,
+    pub tenant: TenantId,
+    pub model_version: String,
+    pub occur_time: DateTime<Utc>,
+    pub verdict: Verdict,
 }
 
-fn decode(d: &Delivery) -> Result<Judged, HandlerError> {
-    let header = envelope(d)?;
-    if d.event_type.as_deref() != Some("keel.events.v1.InferenceCompleted") {
-        return Err(permanent(format!(
-            "unexpected event type {:?}",
-            d.event_type
-        )));
-    }
-    let m = keel_proto::events::InferenceCompleted::decode(d.payload.as_ref())
-        .map_err(|e| permanent(format!("undecodable payload: {e}")))?;
-    same_envelope(&header, &m.tenant_id, &m.event_id)?;
-    let occur_time = m
-        .occur_time
-        .and_then(|t| {
-            DateTime::<Utc>::from_timestamp(t.seconds, t.nanos.clamp(0, 999_999_999) as u32)
-        })
-        .ok_or_else(|| permanent("occur_time is missing or out of range"))?;
+pub fn decode(d: &Delivery) -> Result<Judged, HandlerError> {
+    let (m, env) = decode_event::<keel_proto::events::InferenceCompleted>(
+        d,
+        "keel.events.v1.InferenceCompleted",
+        |m| (&m.tenant_id, &m.event_id, m.occur_time),
+    )?;
     Ok(Judged {
-        event_id: m.event_id,
-        tenant: header.0,
+        event_id: env.event_id,
+        tenant: env.tenant,
         model_version: m.model_version.chars().take(100).collect(),
-        occur_time,
+        occur_time: env.occur_time,
         verdict: classify(&m.output_text, &m.finish_reason),
     })
 }
@@ -206,10 +195,8 @@ impl ModerationHandler {
         ModerationHandler { shards }
     }
 
-    async fn store(&self, shard: usize, js: &[&Judged]) -> Result<(), StoreError> {
-        let Some(pool) = self.shards.pools().get(shard) else {
-            return Err(StoreError::from(sqlx::Error::PoolClosed));
-        };
+    async fn store(&self, shard: usize, js: Vec<Judged>) -> Result<(), StoreError> {
+        let pool = common::pool(&self.shards, shard)?;
         let cats: Vec<String> = js.iter().map(|j| j.verdict.categories.join(",")).collect();
         sqlx::query(
             "INSERT INTO moderation_results (tenant_id, event_id, model_version, occur_time, categories, score, flagged)
@@ -231,49 +218,24 @@ impl ModerationHandler {
     }
 }
 
-impl Handler for ModerationHandler {
-    fn batch_size(&self) -> usize {
-        MODERATION_BATCH
+impl ShardBatch for ModerationHandler {
+    type Item = Judged;
+    const BATCH: usize = MODERATION_BATCH;
+
+    fn shards(&self) -> &Shards {
+        &self.shards
     }
 
-    async fn handle_batch(&self, deliveries: &[Delivery]) -> Vec<Result<(), HandlerError>> {
-        let decoded: Vec<Result<Judged, HandlerError>> = deliveries.iter().map(decode).collect();
-        let mut results: Vec<Result<(), HandlerError>> = decoded
-            .iter()
-            .map(|d| match d {
-                Ok(_) => Ok(()),
-                Err(HandlerError::Permanent(e)) => Err(HandlerError::Permanent(e.clone())),
-                Err(HandlerError::Transient(e)) => Err(HandlerError::Transient(e.clone())),
-            })
-            .collect();
-        let mut by_shard: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-        for (i, d) in decoded.iter().enumerate() {
-            if let Ok(j) = d {
-                by_shard
-                    .entry(self.shards.map().physical(&j.tenant))
-                    .or_default()
-                    .push(i);
-            }
-        }
-        for (shard, idx) in by_shard {
-            let js: Vec<&Judged> = idx
-                .iter()
-                .filter_map(|i| decoded[*i].as_ref().ok())
-                .collect();
-            if let Err(e) = self.store(shard, &js).await {
-                for i in idx {
-                    results[i] = Err(HandlerError::Transient(e.to_string()));
-                }
-            }
-        }
-        results
+    fn decode(d: &Delivery) -> Result<Judged, HandlerError> {
+        decode(d)
     }
 
-    async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
-        self.handle_batch(std::slice::from_ref(delivery))
-            .await
-            .pop()
-            .unwrap_or_else(|| Err(HandlerError::Transient("no result".into())))
+    fn tenant(item: &Judged) -> &TenantId {
+        &item.tenant
+    }
+
+    async fn store(&self, shard: usize, items: Vec<Judged>) -> Result<(), StoreError> {
+        self.store(shard, items).await
     }
 }
 
@@ -288,23 +250,6 @@ impl ModerationStore {
     }
 }
 
-fn invalid(field: &'static str, problem: impl Into<String>) -> Status {
-    keel_errors::status(
-        keel_errors::Reason::InvalidArgument,
-        format!("{field}: {}", problem.into()),
-        vec![("field", field.into())],
-    )
-}
-
-fn unavailable(e: impl std::fmt::Display) -> Status {
-    tracing::error!(error = %e, "moderation query failed");
-    keel_errors::status(
-        keel_errors::Reason::Unavailable,
-        "moderation results are unavailable",
-        vec![("dependency", "postgres".into())],
-    )
-}
-
 #[tonic::async_trait]
 impl keel_proto::postproc::moderation_store_server::ModerationStore for ModerationStore {
     async fn list_moderation_results(
@@ -313,23 +258,14 @@ impl keel_proto::postproc::moderation_store_server::ModerationStore for Moderati
     ) -> Result<Response<pb::ListModerationResultsResponse>, Status> {
         let tenant = tenant(&req)?;
         let r = req.into_inner();
-        let size = match r.page_size {
-            0 => DEFAULT_PAGE,
-            n if (1..=MAX_PAGE).contains(&n) => n,
-            _ => return Err(invalid("page_size", format!("must be 0 to {MAX_PAGE}"))),
-        };
-        let after: Option<(DateTime<Utc>, String)> = match r.page_token.split_once('|') {
-            None if r.page_token.is_empty() => None,
-            Some((t, id)) => Some((
-                t.parse::<i64>()
-                    .ok()
-                    .and_then(DateTime::<Utc>::from_timestamp_micros)
-                    .ok_or_else(|| invalid("page_token", "is not valid for this query"))?,
-                id.to_owned(),
-            )),
-            None => return Err(invalid("page_token", "is not valid for this query")),
-        };
-        let mut tx = self.shards.begin(&tenant).await.map_err(unavailable)?;
+        let size = common::page_size(r.page_size, DEFAULT_PAGE, MAX_PAGE)?;
+        let after = common::parse_time_token(&r.page_token)?;
+        let unavailable = common::unavailable("moderation results");
+        let mut tx = self
+            .shards
+            .begin(&tenant)
+            .await
+            .map_err(|e| unavailable(&e))?;
         let rows = sqlx::query(
             "SELECT event_id, model_version, occur_time, categories, score, flagged
              FROM moderation_results
@@ -344,28 +280,25 @@ impl keel_proto::postproc::moderation_store_server::ModerationStore for Moderati
         .bind(i64::from(size) + 1)
         .fetch_all(&mut *tx)
         .await
-        .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
+        .map_err(|e| unavailable(&e))?;
+        tx.commit().await.map_err(|e| unavailable(&e))?;
         let mut results = Vec::new();
         let mut last = None;
         for row in rows.iter().take(size as usize) {
-            let at: DateTime<Utc> = row.try_get("occur_time").map_err(unavailable)?;
-            let id: String = row.try_get("event_id").map_err(unavailable)?;
+            let at: DateTime<Utc> = row.try_get("occur_time").map_err(|e| unavailable(&e))?;
+            let id: String = row.try_get("event_id").map_err(|e| unavailable(&e))?;
             results.push(pb::ModerationResult {
                 event_id: id.clone(),
-                model_version: row.try_get("model_version").map_err(unavailable)?,
-                occur_time: Some(prost_types::Timestamp {
-                    seconds: at.timestamp(),
-                    nanos: at.timestamp_subsec_nanos() as i32,
-                }),
+                model_version: row.try_get("model_version").map_err(|e| unavailable(&e))?,
+                occur_time: Some(common::timestamp(at)),
                 categories: row
                     .try_get::<Option<Vec<String>>, _>("categories")
-                    .map_err(unavailable)?
+                    .map_err(|e| unavailable(&e))?
                     .unwrap_or_default(),
-                score: row.try_get("score").map_err(unavailable)?,
-                flagged: row.try_get("flagged").map_err(unavailable)?,
+                score: row.try_get("score").map_err(|e| unavailable(&e))?,
+                flagged: row.try_get("flagged").map_err(|e| unavailable(&e))?,
             });
-            last = Some(format!("{}|{id}", at.timestamp_micros()));
+            last = Some(common::time_token(at, &id));
         }
         Ok(Response::new(pb::ListModerationResultsResponse {
             results,

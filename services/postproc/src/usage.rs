@@ -3,16 +3,16 @@
 //! `keel.postproc.v1.UsageStore` that reads them back, paged, for the gateway's `GetUsage`.
 
 use chrono::{DateTime, NaiveDate, Utc};
-use keel_bus::{Delivery, Handler, HandlerError};
+use keel_bus::{Delivery, HandlerError};
 use keel_proto::public as pb;
 use keel_runtime::context::tenant;
 use keel_store::{Shards, StoreError};
 use keel_tenancy::TenantId;
-use prost::Message;
 use sqlx::Row;
 use tonic::{Request, Response, Status};
 
-use crate::handler::{envelope, permanent, same_envelope};
+use crate::common::{self, ShardBatch, decode_event, invalid};
+use crate::handler::permanent;
 
 /// Durable consumer name.
 pub const USAGE_CONSUMER: &str = "postproc-usage";
@@ -34,29 +34,18 @@ pub struct Metered {
 }
 
 pub fn decode(d: &Delivery) -> Result<Metered, HandlerError> {
-    let header = envelope(d)?;
-    if d.event_type.as_deref() != Some("keel.events.v1.InferenceCompleted") {
-        return Err(permanent(format!(
-            "unexpected event type {:?}",
-            d.event_type
-        )));
-    }
-    let m = keel_proto::events::InferenceCompleted::decode(d.payload.as_ref())
-        .map_err(|e| permanent(format!("undecodable payload: {e}")))?;
-    same_envelope(&header, &m.tenant_id, &m.event_id)?;
+    let (m, env) = decode_event::<keel_proto::events::InferenceCompleted>(
+        d,
+        "keel.events.v1.InferenceCompleted",
+        |m| (&m.tenant_id, &m.event_id, m.occur_time),
+    )?;
     if m.model_version.is_empty() || m.model_version.len() > 100 {
         return Err(permanent("model_version is missing or too long"));
     }
-    let at = m
-        .occur_time
-        .and_then(|t| {
-            DateTime::<Utc>::from_timestamp(t.seconds, t.nanos.clamp(0, 999_999_999) as u32)
-        })
-        .ok_or_else(|| permanent("occur_time is missing or out of range"))?;
     Ok(Metered {
-        event_id: m.event_id,
-        tenant: header.0,
-        day: at.date_naive(),
+        event_id: env.event_id,
+        tenant: env.tenant,
+        day: env.occur_time.date_naive(),
         model_version: m.model_version,
         input_tokens: m.input_tokens,
         output_tokens: m.output_tokens,
@@ -73,55 +62,11 @@ impl UsageHandler {
         UsageHandler { shards }
     }
 
-    /// Applies the event once; false when it was a duplicate.
-    #[tracing::instrument(name = "postproc.meter", skip_all, fields(db.system = "postgresql", event_id = %m.event_id))]
-    pub async fn apply(&self, m: &Metered) -> Result<bool, StoreError> {
-        let mut tx = self.shards.begin(&m.tenant).await?;
-        let fresh = sqlx::query(
-            "INSERT INTO processed_events (consumer, event_id, tenant_id) VALUES ($1, $2, $3)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(USAGE_CONSUMER)
-        .bind(&m.event_id)
-        .bind(m.tenant.as_str())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !fresh {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        sqlx::query(
-            "INSERT INTO usage_daily (tenant_id, day, model_version, requests, input_tokens, output_tokens, cache_hits)
-             VALUES ($1, $2, $3, 1, $4, $5, $6)
-             ON CONFLICT (tenant_id, day, model_version) DO UPDATE
-             SET requests = usage_daily.requests + 1,
-                 input_tokens = usage_daily.input_tokens + EXCLUDED.input_tokens,
-                 output_tokens = usage_daily.output_tokens + EXCLUDED.output_tokens,
-                 cache_hits = usage_daily.cache_hits + EXCLUDED.cache_hits",
-        )
-        .bind(m.tenant.as_str())
-        .bind(m.day)
-        .bind(&m.model_version)
-        .bind(i64::from(m.input_tokens))
-        .bind(i64::from(m.output_tokens))
-        .bind(i64::from(m.cache_hit))
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(true)
-    }
-}
-
-impl UsageHandler {
     /// Applies many events with one transaction per shard: the dedupe records of all of them
     /// in one statement, then the sums of the fresh ones, one row per (tenant, day, version).
     /// Returns, per event, whether it was fresh.
-    async fn apply_many(&self, shard: usize, ms: &[&Metered]) -> Result<Vec<bool>, StoreError> {
-        let Some(pool) = self.shards.pools().get(shard) else {
-            return Err(StoreError::from(sqlx::Error::PoolClosed));
-        };
+    async fn apply_many(&self, shard: usize, ms: Vec<Metered>) -> Result<(), StoreError> {
+        let pool = common::pool(&self.shards, shard)?;
         let mut tx = pool.begin().await?;
         let fresh: Vec<String> = sqlx::query_scalar(
             "INSERT INTO processed_events (consumer, event_id, tenant_id)
@@ -139,7 +84,7 @@ impl UsageHandler {
         let mut sums: std::collections::BTreeMap<(&str, NaiveDate, &str), [i64; 4]> =
             std::collections::BTreeMap::new();
         let mut out = Vec::with_capacity(ms.len());
-        for m in ms {
+        for m in &ms {
             let is_fresh = fresh.contains(&m.event_id) && counted.insert(m.event_id.as_str());
             out.push(is_fresh);
             if is_fresh {
@@ -174,71 +119,36 @@ impl UsageHandler {
             .await?;
         }
         tx.commit().await?;
-        Ok(out)
+        let dups = out.iter().filter(|f| !**f).count();
+        if dups > 0 {
+            metrics::counter!("keel_consumer_duplicates_total", "consumer" => USAGE_CONSUMER)
+                .increment(dups as u64);
+        }
+        Ok(())
     }
 }
 
 /// Events metered in one transaction, at most.
 pub const USAGE_BATCH: usize = 256;
 
-impl Handler for UsageHandler {
-    fn batch_size(&self) -> usize {
-        USAGE_BATCH
+impl ShardBatch for UsageHandler {
+    type Item = Metered;
+    const BATCH: usize = USAGE_BATCH;
+
+    fn shards(&self) -> &Shards {
+        &self.shards
     }
 
-    async fn handle_batch(&self, deliveries: &[Delivery]) -> Vec<Result<(), HandlerError>> {
-        let decoded: Vec<Result<Metered, HandlerError>> = deliveries.iter().map(decode).collect();
-        let mut results: Vec<Result<(), HandlerError>> = decoded
-            .iter()
-            .map(|d| match d {
-                Ok(_) => Ok(()),
-                Err(HandlerError::Permanent(e)) => Err(HandlerError::Permanent(e.clone())),
-                Err(HandlerError::Transient(e)) => Err(HandlerError::Transient(e.clone())),
-            })
-            .collect();
-        let mut by_shard: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
-        for (i, d) in decoded.iter().enumerate() {
-            if let Ok(m) = d {
-                by_shard
-                    .entry(self.shards.map().physical(&m.tenant))
-                    .or_default()
-                    .push(i);
-            }
-        }
-        for (shard, idx) in by_shard {
-            let ms: Vec<&Metered> = idx
-                .iter()
-                .filter_map(|i| decoded[*i].as_ref().ok())
-                .collect();
-            match self.apply_many(shard, &ms).await {
-                Ok(fresh) => {
-                    let dups = fresh.iter().filter(|f| !**f).count();
-                    if dups > 0 {
-                        metrics::counter!("keel_consumer_duplicates_total", "consumer" => USAGE_CONSUMER)
-                            .increment(dups as u64);
-                    }
-                }
-                Err(e) => {
-                    for i in idx {
-                        results[i] = Err(HandlerError::Transient(e.to_string()));
-                    }
-                }
-            }
-        }
-        results
+    fn decode(d: &Delivery) -> Result<Metered, HandlerError> {
+        decode(d)
     }
 
-    async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
-        let m = decode(delivery)?;
-        match self.apply(&m).await {
-            Ok(true) => Ok(()),
-            Ok(false) => {
-                metrics::counter!("keel_consumer_duplicates_total", "consumer" => USAGE_CONSUMER)
-                    .increment(1);
-                Ok(())
-            }
-            Err(e) => Err(HandlerError::Transient(e.to_string())),
-        }
+    fn tenant(item: &Metered) -> &TenantId {
+        &item.tenant
+    }
+
+    async fn store(&self, shard: usize, items: Vec<Metered>) -> Result<(), StoreError> {
+        self.apply_many(shard, items).await
     }
 }
 
@@ -251,14 +161,6 @@ impl UsageStore {
     pub fn new(shards: Shards) -> Self {
         UsageStore { shards }
     }
-}
-
-fn invalid(field: &'static str, problem: impl Into<String>) -> Status {
-    keel_errors::status(
-        keel_errors::Reason::InvalidArgument,
-        format!("{field}: {}", problem.into()),
-        vec![("field", field.into())],
-    )
 }
 
 fn day_of(t: &Option<prost_types::Timestamp>, field: &'static str) -> Result<NaiveDate, Status> {
@@ -284,11 +186,7 @@ impl keel_proto::postproc::usage_store_server::UsageStore for UsageStore {
                 format!("must be after start_time, at most {MAX_DAYS} days later"),
             ));
         }
-        let size = match r.page_size {
-            0 => MAX_PAGE,
-            n if (1..=MAX_PAGE).contains(&n) => n,
-            _ => return Err(invalid("page_size", format!("must be 0 to {MAX_PAGE}"))),
-        };
+        let size = common::page_size(r.page_size, MAX_PAGE, MAX_PAGE)?;
         // The page token is the last row's (day, model_version).
         let after: Option<(NaiveDate, String)> = match r.page_token.split_once('|') {
             None if r.page_token.is_empty() => None,
@@ -299,23 +197,13 @@ impl keel_proto::postproc::usage_store_server::UsageStore for UsageStore {
             )),
             None => return Err(invalid("page_token", "is not valid for this query")),
         };
-        let store = |e: sqlx::Error| {
-            let e = StoreError::from(e);
-            tracing::error!(error = %e, "usage query failed");
-            keel_errors::status(
-                keel_errors::Reason::Unavailable,
-                "usage is unavailable",
-                vec![("dependency", "postgres".into())],
-            )
-        };
-        let mut tx = self.shards.begin(&tenant).await.map_err(|e| {
-            tracing::error!(error = %e, "usage query failed");
-            keel_errors::status(
-                keel_errors::Reason::Unavailable,
-                "usage is unavailable",
-                vec![("dependency", "postgres".into())],
-            )
-        })?;
+        let unavailable = common::unavailable("usage");
+        let store = |e: sqlx::Error| unavailable(&e);
+        let mut tx = self
+            .shards
+            .begin(&tenant)
+            .await
+            .map_err(|e| unavailable(&e))?;
         let rows = sqlx::query(
             "SELECT day, model_version, requests, input_tokens, output_tokens FROM usage_daily
              WHERE tenant_id = $1 AND day >= $2 AND day < $3
