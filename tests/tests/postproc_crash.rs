@@ -14,16 +14,13 @@ use prost::Message;
 const EVENTS: usize = 20_000;
 const TENANTS: usize = 8;
 
-/// The postproc binary cargo built next to this test (`cargo test --all-targets`).
+/// The postproc binary `cargo xtask test` builds (`KEEL_TEST_POSTPROC_BIN`).
 fn postproc_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    let bin = dir.join("keel-postproc");
-    assert!(
-        bin.exists(),
-        "{} is missing: run through `cargo xtask test` (it builds every target)",
-        bin.display()
-    );
+    #[allow(clippy::disallowed_methods)]
+    let bin = std::env::var("KEEL_TEST_POSTPROC_BIN")
+        .map(std::path::PathBuf::from)
+        .expect("KEEL_TEST_POSTPROC_BIN: run through `cargo xtask test`");
+    assert!(bin.exists(), "{} is missing", bin.display());
     bin
 }
 

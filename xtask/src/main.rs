@@ -82,11 +82,33 @@ fn test(extra: &[String]) -> Result<ExitCode> {
         stack.nats_port
     );
     let extra: Vec<&String> = extra.iter().skip_while(|a| *a == "--").collect();
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // The crash tests run postproc as a process of its own (to SIGKILL it): build the binary
+    // (`cargo test` builds bins only as test harnesses).
+    let built = Command::new(&cargo)
+        .current_dir(&root)
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "keel-postproc",
+            "--bin",
+            "keel-postproc",
+        ])
+        .status()
+        .context("building keel-postproc")?;
+    if !built.success() {
+        return Ok(ExitCode::FAILURE);
+    }
+    let mut cmd = Command::new(&cargo);
     cmd.current_dir(&root)
         .args(["test", "--workspace", "--all-targets"])
         .args(extra)
         .envs(stack.test_env())
+        .env(
+            "KEEL_TEST_POSTPROC_BIN",
+            target_dir(&root).join("debug/keel-postproc"),
+        )
         .env("KEEL_TEST_PYTHON", &python);
     let status = stack::run_interruptible(&mut cmd, &stop).context("running cargo test")?;
     drop(stack);
