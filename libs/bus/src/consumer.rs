@@ -5,7 +5,8 @@
 //! must be idempotent on [`Delivery::event_id`]. `Transient` failures are retried later with
 //! capped exponential backoff and jitter; `Permanent` ones, and transient ones on their last
 //! delivery (`max_deliver`), go to the dead-letter stream ([`crate::dlq`]) and only once it
-//! has them are they terminated — nothing is dropped silently.
+//! has them are they terminated — nothing is dropped silently. While a handler works, the
+//! runner sends in-progress acks every third of the ack wait, so long work is not redelivered.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -279,7 +280,12 @@ async fn process<H: Handler>(
     let delivery = delivery_of(&msg);
     let span = span_of(spec, &msg, &delivery);
     let started = Instant::now();
-    let result = handler.handle(&delivery).instrument(span.clone()).await;
+    let result = in_progress(
+        spec,
+        std::slice::from_ref(&msg),
+        handler.handle(&delivery).instrument(span.clone()),
+    )
+    .await;
     settle(bus, spec, &msg, &delivery, &span, result).await;
     metrics::histogram!("keel_consumer_duration_seconds", "consumer" => spec.durable.clone())
         .record(started.elapsed().as_secs_f64());
@@ -311,10 +317,12 @@ async fn process_batch<H: Handler>(
         }
     }
     let started = Instant::now();
-    let results = handler
-        .handle_batch(&deliveries)
-        .instrument(batch_span)
-        .await;
+    let results = in_progress(
+        spec,
+        &msgs,
+        handler.handle_batch(&deliveries).instrument(batch_span),
+    )
+    .await;
     metrics::histogram!("keel_consumer_batch_size", "consumer" => spec.durable.clone())
         .record(deliveries.len() as f64);
     let mut results = results.into_iter();
@@ -331,6 +339,32 @@ async fn process_batch<H: Handler>(
     futures::future::join_all(settles).await;
     metrics::histogram!("keel_consumer_duration_seconds", "consumer" => spec.durable.clone())
         .record(started.elapsed().as_secs_f64());
+}
+
+/// Runs `work` while telling the server, every third of the ack wait, that `msgs` are still
+/// being worked on (`+WPI`), so long work is not redelivered to another instance meanwhile.
+/// A crashed instance stops telling, and its messages come back after the ack wait.
+async fn in_progress<T>(
+    spec: &ConsumerSpec,
+    msgs: &[async_nats::jetstream::Message],
+    work: impl Future<Output = T>,
+) -> T {
+    let every = (spec.ack_wait / 3).max(Duration::from_millis(100));
+    let mut work = std::pin::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tokio::time::sleep(every) => {
+                for m in msgs {
+                    if let Err(e) = m.ack_with(AckKind::Progress).await {
+                        tracing::warn!(error = %e, "in-progress ack failed");
+                    }
+                }
+                metrics::counter!("keel_consumer_progress_acks_total", "consumer" => spec.durable.clone())
+                    .increment(msgs.len() as u64);
+            }
+        }
+    }
 }
 
 /// Acks after success; naks transient failures with backoff; dead-letters permanent ones and
