@@ -208,6 +208,24 @@ impl TestStack {
         })
     }
 
+    /// Another inference instance on this stack's databases, Redis and stream (a replica, or
+    /// one restarted on a fixed address via `customize`), waited until SERVING; with its URL.
+    pub async fn inference_replica(
+        &self,
+        customize: impl FnOnce(Env) -> Env,
+    ) -> Result<(Host, String)> {
+        let env = customize(
+            self.env
+                .clone()
+                .with("KEEL_INFERENCE_GRPC_ADDR", "127.0.0.1:0")
+                .with("KEEL_INFERENCE_ADMIN_ADDR", "127.0.0.1:0"),
+        );
+        let host = keel_inference::start(keel_inference::Config::from_env(&env)?).await?;
+        let url = format!("http://{}", host.grpc_addr());
+        wait_serving(&url, Duration::from_secs(30)).await?;
+        Ok((host, url))
+    }
+
     pub fn gateway_url(&self) -> String {
         format!(
             "http://{}",

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use keel_tests::{TestStack, eventually, wait_serving};
+use keel_tests::{TestStack, eventually};
 use prost::Message;
 
 async fn bus(stack: &TestStack) -> keel_bus::Bus {
@@ -131,19 +131,8 @@ async fn poison_and_exhausted_messages_are_dead_lettered_intact_and_replayable()
     assert!(!recorded(&stack, tenant, doc).await);
 
     // The cause is fixed (inference back on its address); the replay is processed once.
-    let back = keel_inference::start(
-        keel_inference::Config::from_env(
-            &stack
-                .env
-                .clone()
-                .with("KEEL_INFERENCE_GRPC_ADDR", inference_addr.to_string())
-                .with("KEEL_INFERENCE_ADMIN_ADDR", "127.0.0.1:0"),
-        )
-        .unwrap(),
-    )
-    .await
-    .unwrap();
-    wait_serving(&format!("http://{inference_addr}"), Duration::from_secs(30))
+    let (back, _) = stack
+        .inference_replica(|e| e.with("KEEL_INFERENCE_GRPC_ADDR", inference_addr.to_string()))
         .await
         .unwrap();
     stack.inference = Some(back);

@@ -378,15 +378,12 @@ async fn the_model_breaker_opens_for_a_failing_inference_not_for_a_failing_model
     .await
     .unwrap();
     let token = stack.tenant_token("acme").await.unwrap();
-    let inference_env = stack
-        .env
-        .clone()
-        .with("KEEL_INFERENCE_GRPC_ADDR", format!("127.0.0.1:{port}"))
-        .with("KEEL_INFERENCE_ADMIN_ADDR", "127.0.0.1:0");
     let start_inference = || async {
-        keel_inference::start(keel_inference::Config::from_env(&inference_env).unwrap())
+        stack
+            .inference_replica(|e| e.with("KEEL_INFERENCE_GRPC_ADDR", format!("127.0.0.1:{port}")))
             .await
             .unwrap()
+            .0
     };
     let own_inference = start_inference().await;
     let gateway = keel_gateway::start(

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use keel_openai::mock::{Behaviour, MockUpstream, mock_embedding};
 use keel_proto::inference as inf;
 use keel_proto::public as pb;
-use keel_tests::{TestStack, connect, detail, eventually, reason, wait_serving};
+use keel_tests::{TestStack, connect, detail, eventually, reason};
 use prost::Message;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -667,22 +667,7 @@ async fn a_storm_of_identical_cold_requests_makes_one_provider_call() {
         .unwrap();
     let url = stack.inference_url();
     // A second replica on the same Redis: the lock there coalesces across processes.
-    let second = keel_inference::start(
-        keel_inference::Config::from_env(
-            &stack
-                .env
-                .clone()
-                .with("KEEL_INFERENCE_GRPC_ADDR", "127.0.0.1:0")
-                .with("KEEL_INFERENCE_ADMIN_ADDR", "127.0.0.1:0"),
-        )
-        .unwrap(),
-    )
-    .await
-    .unwrap();
-    let second_url = format!("http://{}", second.grpc_addr());
-    wait_serving(&second_url, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let (second, second_url) = stack.inference_replica(|e| e).await.unwrap();
     let channels = [
         connect(&url).await.unwrap(),
         connect(&second_url).await.unwrap(),
@@ -836,21 +821,8 @@ async fn warm_up_prefetches_the_top_prompts_before_ready() {
         .await
         .unwrap();
 
-    let replica = keel_inference::start(
-        keel_inference::Config::from_env(
-            &stack
-                .env
-                .clone()
-                .with("KEEL_INFERENCE_GRPC_ADDR", "127.0.0.1:0")
-                .with("KEEL_INFERENCE_ADMIN_ADDR", "127.0.0.1:0")
-                .with("KEEL_INFERENCE_PREFETCH_TOP", "1"),
-        )
-        .unwrap(),
-    )
-    .await
-    .unwrap();
-    let replica_url = format!("http://{}", replica.grpc_addr());
-    wait_serving(&replica_url, Duration::from_secs(30))
+    let (replica, replica_url) = stack
+        .inference_replica(|e| e.with("KEEL_INFERENCE_PREFETCH_TOP", "1"))
         .await
         .unwrap();
     assert_eq!(

@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::stream;
 
-use crate::{Bus, BusError, DEFAULT_MAX_AGE};
+use crate::{Bus, BusError};
 
 pub const ERROR_HEADER: &str = "Keel-Dlq-Error";
 pub const CONSUMER_HEADER: &str = "Keel-Dlq-Consumer";
@@ -25,7 +25,7 @@ pub const SEQUENCE_HEADER: &str = "Keel-Dlq-Stream-Sequence";
 pub const EVENT_ID_HEADER: &str = "Keel-Event-Id";
 /// How many times a dead letter has been replayed.
 pub const REPLAYS_HEADER: &str = "Keel-Replays";
-/// Dead letters are kept longer than events: someone has to look at them.
+/// Dead letters are kept longer than events (7 days): someone has to look at them.
 pub const DLQ_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Error texts kept in a header, at most (headers are not for stack traces).
 const MAX_ERROR: usize = 1000;
@@ -73,7 +73,7 @@ impl Bus {
                 storage: stream::StorageType::File,
                 retention: stream::RetentionPolicy::Limits,
                 duplicate_window: self.cfg.duplicate_window,
-                max_age: DLQ_MAX_AGE.max(DEFAULT_MAX_AGE),
+                max_age: DLQ_MAX_AGE,
                 ..Default::default()
             })
             .await

@@ -56,10 +56,6 @@ impl NewEvent {
             traceparent: keel_telemetry::current_traceparent(),
         }
     }
-
-    pub fn tenant(&self) -> &TenantId {
-        &self.tenant
-    }
 }
 
 /// Writes an event in the caller's transaction.

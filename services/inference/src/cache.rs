@@ -356,12 +356,6 @@ impl Cache {
             hit: !computed_here,
         })
     }
-
-    /// Stores a value (no lock, no flight): for answers computed outside a read-through, such
-    /// as a stream that completed.
-    pub async fn put(&self, key: &str, value: &[u8]) {
-        self.put_many(&[(key.to_owned(), value.to_vec())]).await;
-    }
 }
 
 enum Lock {

@@ -260,7 +260,7 @@ impl Inference {
         r: &pb::GenerateRequest,
         context: Option<String>,
     ) -> Result<(Arc<ModelSpec>, ChatCall), Error> {
-        let resolved = self
+        let spec = self
             .registry
             .resolve(tenant, &r.model, &r.user, Kind::Chat)
             .await?;
@@ -273,14 +273,8 @@ impl Inference {
                     .map(|m| (m.role.clone(), m.content.clone())),
             )
             .collect();
-        let call = chat_call(
-            messages,
-            r.max_output_tokens,
-            r.temperature,
-            r.seed,
-            &resolved.spec,
-        )?;
-        Ok((resolved.spec, call))
+        let call = chat_call(messages, r.max_output_tokens, r.temperature, r.seed, &spec)?;
+        Ok((spec, call))
     }
 
     /// Embeds `inputs` with `spec` through the cache (one key per text; the texts missing from
@@ -713,8 +707,7 @@ impl inf::generation_server::Generation for GenerationService {
         let spec = inf
             .registry
             .resolve(&tenant, &r.model, "", Kind::Embedding)
-            .await?
-            .spec;
+            .await?;
         if r.inputs.is_empty() || r.inputs.len() > models::MAX_EMBED_INPUTS {
             return Err(invalid(
                 "inputs",

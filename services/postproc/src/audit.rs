@@ -51,17 +51,21 @@ pub fn decode(d: &Delivery) -> Result<Entry, HandlerError> {
     })
 }
 
-pub struct AuditHandler {
-    shards: Shards,
-}
+pub struct AuditHandler;
 
-impl AuditHandler {
-    pub fn new(shards: Shards) -> Self {
-        AuditHandler { shards }
+impl ShardBatch for AuditHandler {
+    type Item = Entry;
+    const BATCH: usize = AUDIT_BATCH;
+
+    fn decode(d: &Delivery) -> Result<Entry, HandlerError> {
+        decode(d)
     }
 
-    async fn append(&self, shard: usize, es: Vec<Entry>) -> Result<(), StoreError> {
-        let pool = common::pool(&self.shards, shard)?;
+    fn tenant(item: &Entry) -> &TenantId {
+        &item.tenant
+    }
+
+    async fn store(&self, pool: &sqlx::PgPool, es: Vec<Entry>) -> Result<(), StoreError> {
         let details: Vec<String> = es
             .iter()
             .map(|e| serde_json::to_string(&e.details).unwrap_or_else(|_| "{}".into()))
@@ -83,27 +87,6 @@ impl AuditHandler {
         .execute(pool)
         .await?;
         Ok(())
-    }
-}
-
-impl ShardBatch for AuditHandler {
-    type Item = Entry;
-    const BATCH: usize = AUDIT_BATCH;
-
-    fn shards(&self) -> &Shards {
-        &self.shards
-    }
-
-    fn decode(d: &Delivery) -> Result<Entry, HandlerError> {
-        decode(d)
-    }
-
-    fn tenant(item: &Entry) -> &TenantId {
-        &item.tenant
-    }
-
-    async fn store(&self, shard: usize, items: Vec<Entry>) -> Result<(), StoreError> {
-        self.append(shard, items).await
     }
 }
 

@@ -97,14 +97,6 @@ pub fn only(mut results: Vec<Result<(), HandlerError>>) -> Result<(), HandlerErr
         .unwrap_or_else(|| Err(HandlerError::Transient("no result".into())))
 }
 
-/// The pool of a physical shard.
-pub fn pool(shards: &Shards, shard: usize) -> Result<&sqlx::PgPool, StoreError> {
-    shards
-        .pools()
-        .get(shard)
-        .ok_or_else(|| StoreError::from(sqlx::Error::PoolClosed))
-}
-
 pub fn invalid(field: &'static str, problem: impl Into<String>) -> Status {
     keel_errors::status(
         keel_errors::Reason::InvalidArgument,
@@ -161,25 +153,34 @@ pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
     }
 }
 
-/// A consumer whose effects are rows written in one statement per shard: it says how to decode
-/// an event, whose tenant it is, and how to store a group; [`Batched`] makes it a [`Handler`].
+/// A consumer whose effects are rows written in one transaction per shard: it says how to
+/// decode an event, whose tenant it is, and how to store one shard's group; [`Batched`] makes
+/// it a [`Handler`].
 pub trait ShardBatch: Send + Sync + 'static {
     type Item: Send + Sync;
     /// Messages handled together, at most.
     const BATCH: usize;
-    fn shards(&self) -> &Shards;
     fn decode(d: &Delivery) -> Result<Self::Item, HandlerError>;
     fn tenant(item: &Self::Item) -> &TenantId;
-    /// Stores one shard's group in one transaction (idempotent on the event IDs).
+    /// Stores one shard's group (idempotent on the event IDs).
     fn store(
         &self,
-        shard: usize,
+        pool: &sqlx::PgPool,
         items: Vec<Self::Item>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
-/// The [`Handler`] of a [`ShardBatch`].
-pub struct Batched<S>(pub S);
+/// The [`Handler`] of a [`ShardBatch`], over the shards it writes to.
+pub struct Batched<S> {
+    shards: Shards,
+    inner: S,
+}
+
+impl<S: ShardBatch> Batched<S> {
+    pub fn new(shards: Shards, inner: S) -> Self {
+        Batched { shards, inner }
+    }
+}
 
 impl<S: ShardBatch> Handler for Batched<S> {
     fn batch_size(&self) -> usize {
@@ -188,11 +189,18 @@ impl<S: ShardBatch> Handler for Batched<S> {
 
     async fn handle_batch(&self, deliveries: &[Delivery]) -> Vec<Result<(), HandlerError>> {
         per_shard(
-            self.0.shards(),
+            &self.shards,
             deliveries,
             S::decode,
             S::tenant,
-            |shard, items| self.0.store(shard, items),
+            |shard, items| async move {
+                let pool = self
+                    .shards
+                    .pools()
+                    .get(shard)
+                    .ok_or_else(|| StoreError::from(sqlx::Error::PoolClosed))?;
+                self.inner.store(pool, items).await
+            },
         )
         .await
     }

@@ -186,7 +186,7 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
         bus.clone(),
         shards.clone(),
         consumer(usage::USAGE_CONSUMER, "inference.completed"),
-        common::Batched(usage::UsageHandler::new(shards.clone())),
+        common::Batched::new(shards.clone(), usage::UsageHandler),
     );
     spawn_consumer(
         &tasks,
@@ -194,7 +194,7 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
         bus.clone(),
         shards.clone(),
         consumer(moderation::MODERATION_CONSUMER, "inference.completed"),
-        common::Batched(moderation::ModerationHandler::new(shards.clone())),
+        common::Batched::new(shards.clone(), moderation::ModerationHandler),
     );
     spawn_consumer(
         &tasks,
@@ -202,7 +202,7 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
         bus.clone(),
         shards.clone(),
         consumer(audit::AUDIT_CONSUMER, "audit.>"),
-        common::Batched(audit::AuditHandler::new(shards.clone())),
+        common::Batched::new(shards.clone(), audit::AuditHandler),
     );
     host.on_shutdown(async move { shards.close().await });
     Ok(host)

@@ -186,17 +186,21 @@ pub fn decode(d: &Delivery) -> Result<Judged, HandlerError> {
     })
 }
 
-pub struct ModerationHandler {
-    shards: Shards,
-}
+pub struct ModerationHandler;
 
-impl ModerationHandler {
-    pub fn new(shards: Shards) -> Self {
-        ModerationHandler { shards }
+impl ShardBatch for ModerationHandler {
+    type Item = Judged;
+    const BATCH: usize = MODERATION_BATCH;
+
+    fn decode(d: &Delivery) -> Result<Judged, HandlerError> {
+        decode(d)
     }
 
-    async fn store(&self, shard: usize, js: Vec<Judged>) -> Result<(), StoreError> {
-        let pool = common::pool(&self.shards, shard)?;
+    fn tenant(item: &Judged) -> &TenantId {
+        &item.tenant
+    }
+
+    async fn store(&self, pool: &sqlx::PgPool, js: Vec<Judged>) -> Result<(), StoreError> {
         let cats: Vec<String> = js.iter().map(|j| j.verdict.categories.join(",")).collect();
         sqlx::query(
             "INSERT INTO moderation_results (tenant_id, event_id, model_version, occur_time, categories, score, flagged)
@@ -215,27 +219,6 @@ impl ModerationHandler {
         .execute(pool)
         .await?;
         Ok(())
-    }
-}
-
-impl ShardBatch for ModerationHandler {
-    type Item = Judged;
-    const BATCH: usize = MODERATION_BATCH;
-
-    fn shards(&self) -> &Shards {
-        &self.shards
-    }
-
-    fn decode(d: &Delivery) -> Result<Judged, HandlerError> {
-        decode(d)
-    }
-
-    fn tenant(item: &Judged) -> &TenantId {
-        &item.tenant
-    }
-
-    async fn store(&self, shard: usize, items: Vec<Judged>) -> Result<(), StoreError> {
-        self.store(shard, items).await
     }
 }
 

@@ -53,20 +53,26 @@ pub fn decode(d: &Delivery) -> Result<Metered, HandlerError> {
     })
 }
 
-pub struct UsageHandler {
-    shards: Shards,
-}
+/// Events metered in one transaction, at most.
+pub const USAGE_BATCH: usize = 256;
 
-impl UsageHandler {
-    pub fn new(shards: Shards) -> Self {
-        UsageHandler { shards }
+pub struct UsageHandler;
+
+impl ShardBatch for UsageHandler {
+    type Item = Metered;
+    const BATCH: usize = USAGE_BATCH;
+
+    fn decode(d: &Delivery) -> Result<Metered, HandlerError> {
+        decode(d)
     }
 
-    /// Applies many events with one transaction per shard: the dedupe records of all of them
-    /// in one statement, then the sums of the fresh ones, one row per (tenant, day, version).
-    /// Returns, per event, whether it was fresh.
-    async fn apply_many(&self, shard: usize, ms: Vec<Metered>) -> Result<(), StoreError> {
-        let pool = common::pool(&self.shards, shard)?;
+    fn tenant(item: &Metered) -> &TenantId {
+        &item.tenant
+    }
+
+    /// One transaction: the dedupe records of every event in one statement, then the sums of
+    /// the fresh ones, one row per (tenant, day, version).
+    async fn store(&self, pool: &sqlx::PgPool, ms: Vec<Metered>) -> Result<(), StoreError> {
         let mut tx = pool.begin().await?;
         let fresh: Vec<String> = sqlx::query_scalar(
             "INSERT INTO processed_events (consumer, event_id, tenant_id)
@@ -125,30 +131,6 @@ impl UsageHandler {
                 .increment(dups as u64);
         }
         Ok(())
-    }
-}
-
-/// Events metered in one transaction, at most.
-pub const USAGE_BATCH: usize = 256;
-
-impl ShardBatch for UsageHandler {
-    type Item = Metered;
-    const BATCH: usize = USAGE_BATCH;
-
-    fn shards(&self) -> &Shards {
-        &self.shards
-    }
-
-    fn decode(d: &Delivery) -> Result<Metered, HandlerError> {
-        decode(d)
-    }
-
-    fn tenant(item: &Metered) -> &TenantId {
-        &item.tenant
-    }
-
-    async fn store(&self, shard: usize, items: Vec<Metered>) -> Result<(), StoreError> {
-        self.apply_many(shard, items).await
     }
 }
 
