@@ -716,4 +716,239 @@ pub mod own {
             let _ = std::fs::remove_dir_all(&self.store);
         }
     }
+
+    /// A PostgreSQL cluster of this test's own (initdb'd for it); [`Postgres::kill`] SIGKILLs the postmaster and every backend at once, and
+    /// [`Postgres::restart`] brings it back on the same port and data (crash recovery).
+    pub struct Postgres {
+        child: Option<Child>,
+        port: u16,
+        dir: std::path::PathBuf,
+        bin: std::path::PathBuf,
+        /// `(uid, gid)` to run as (root cannot run PostgreSQL).
+        run_as: Option<(u32, u32)>,
+        pub url: String,
+    }
+
+    fn id_of(user: &str, flag: &str) -> u32 {
+        let out = Command::new("id")
+            .args([flag, user])
+            .output()
+            .expect("running id");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("no user {user}"))
+    }
+
+    impl Postgres {
+        pub async fn start() -> Postgres {
+            use std::os::unix::process::CommandExt;
+            let port = free_port();
+            let dir =
+                std::env::temp_dir().join(format!("keel-test-pg-{port}-{}", std::process::id()));
+            std::fs::create_dir_all(dir.join("data")).expect("creating the data folder");
+            let user = binary("KEEL_TEST_PG_USER");
+            let run_as = (!user.is_empty()).then(|| (id_of(&user, "-u"), id_of(&user, "-g")));
+            if !user.is_empty() {
+                let ok = Command::new("chown")
+                    .args(["-R", &format!("{user}:{user}")])
+                    .arg(&dir)
+                    .status()
+                    .expect("chown")
+                    .success();
+                assert!(ok, "chown {}", dir.display());
+            }
+            let bin = std::path::PathBuf::from(binary("KEEL_TEST_PG_BIN"));
+            let mut initdb = Command::new(bin.join("initdb"));
+            initdb.arg("-D").arg(dir.join("data")).args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ]);
+            if let Some((uid, gid)) = run_as {
+                initdb.uid(uid).gid(gid);
+            }
+            let out = initdb.output().expect("running initdb");
+            assert!(
+                out.status.success(),
+                "initdb: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let mut pg = Postgres {
+                child: None,
+                port,
+                dir,
+                bin,
+                run_as,
+                url: format!("postgres://postgres@127.0.0.1:{port}"),
+            };
+            pg.restart().await;
+            pg
+        }
+
+        /// Starts it (again) on the same port and data.
+        pub async fn restart(&mut self) {
+            use std::os::unix::process::CommandExt;
+            self.kill();
+            let mut cmd = Command::new(self.bin.join("postgres"));
+            cmd.arg("-D")
+                .arg(self.dir.join("data"))
+                .args(["-p", &self.port.to_string(), "-k"])
+                .arg(&self.dir)
+                // A killed server must keep every commit it acknowledged, so commits wait for
+                // their WAL write (no `synchronous_commit=off`, unlike the shared test server);
+                // fsync may be off, since the operating system itself does not crash.
+                .args([
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "max_connections=100",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                // Its own process group: a kill reaches every backend too.
+                .process_group(0);
+            if let Some((uid, gid)) = self.run_as {
+                cmd.uid(uid).gid(gid);
+            }
+            self.child = Some(cmd.spawn().expect("starting postgres"));
+            wait_port(self.port, "postgres").await;
+            // The port opens before recovery ends ("the database system is starting up").
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                use sqlx::Connection;
+                match sqlx::PgConnection::connect(&format!("{}/postgres", self.url)).await {
+                    Ok(c) => {
+                        let _ = c.close().await;
+                        break;
+                    }
+                    Err(e) => assert!(Instant::now() < deadline, "postgres not ready: {e}"),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+
+        /// Fresh databases on it, by URL.
+        pub async fn create_databases(&self, prefix: &str, n: usize) -> Vec<String> {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&format!("{}/postgres", self.url))
+                .await
+                .expect("connecting to the own postgres");
+            let mut urls = Vec::new();
+            for i in 0..n {
+                let name = format!("{prefix}_{i}");
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut conn)
+                    .await
+                    .expect("CREATE DATABASE");
+                urls.push(format!("{}/{name}", self.url));
+            }
+            urls
+        }
+
+        /// SIGKILL to the postmaster and all its backends: no shutdown checkpoint, connections
+        /// cut mid-query.
+        pub fn kill(&mut self) {
+            if let Some(mut c) = self.child.take() {
+                let _ = Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{}", c.id())])
+                    .status();
+                let _ = c.wait();
+                // Backends exit on their own signal; give the kernel a moment to reap them
+                // so the shared memory is free for the restart.
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+
+    impl Drop for Postgres {
+        fn drop(&mut self) {
+            self.kill();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Model-call events as inference publishes them, for tests of the metering path.
+pub mod metering {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use prost::Message;
+
+    /// Publishes `n` `InferenceCompleted` events (3 tokens in, 5 out, now), spread over
+    /// `tenants` tenants named `{prefix}-{i}`, and waits for every PubAck.
+    pub async fn publish_completions(bus: &keel_bus::Bus, prefix: &str, tenants: usize, n: usize) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after 1970");
+        let mut acks = Vec::new();
+        for i in 0..n {
+            let tenant = keel_tenancy::TenantId::parse(&format!("{prefix}-{}", i % tenants))
+                .expect("a valid tenant");
+            let id = uuid::Uuid::now_v7().to_string();
+            let payload = keel_proto::events::InferenceCompleted {
+                event_id: id.clone(),
+                tenant_id: tenant.to_string(),
+                model: "keel-tiny".into(),
+                model_version: "keel-tiny@1".into(),
+                input_tokens: 3,
+                output_tokens: 5,
+                occur_time: Some(prost_types::Timestamp {
+                    seconds: now.as_secs() as i64,
+                    nanos: 0,
+                }),
+                finish_reason: "stop".into(),
+                ..Default::default()
+            }
+            .encode_to_vec();
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", id.as_str());
+            headers.insert("Keel-Tenant-Id", tenant.as_str());
+            headers.insert("Keel-Event-Type", "keel.events.v1.InferenceCompleted");
+            headers.insert("Keel-Schema-Version", "1");
+            acks.push(
+                bus.jetstream()
+                    .publish_with_headers(
+                        bus.subject(&tenant, "inference.completed"),
+                        headers,
+                        payload.into(),
+                    )
+                    .await
+                    .expect("publish"),
+            );
+            if acks.len() >= 2000 {
+                for a in acks.drain(..) {
+                    a.await.expect("PubAck");
+                }
+            }
+        }
+        for a in acks.drain(..) {
+            a.await.expect("PubAck");
+        }
+    }
+
+    /// `(requests metered, dedupe records of the usage consumer)` over the shards.
+    pub async fn metered(pools: &[sqlx::PgPool]) -> sqlx::Result<(i64, i64)> {
+        let (mut requests, mut records) = (0, 0);
+        for p in pools {
+            let r: Option<i64> =
+                sqlx::query_scalar("SELECT sum(requests)::bigint FROM postproc.usage_daily")
+                    .fetch_one(p)
+                    .await?;
+            let d: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM postproc.processed_events WHERE consumer = 'postproc-usage'",
+            )
+            .fetch_one(p)
+            .await?;
+            requests += r.unwrap_or(0);
+            records += d;
+        }
+        Ok((requests, records))
+    }
 }

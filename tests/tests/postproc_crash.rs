@@ -6,10 +6,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use keel_tests::metering::{metered, publish_completions};
 use keel_tests::{TestStack, free_port};
-use prost::Message;
 
 const EVENTS: usize = 20_000;
 const TENANTS: usize = 8;
@@ -44,26 +44,6 @@ fn spawn(stack: &TestStack) -> Child {
     cmd.spawn().unwrap()
 }
 
-async fn metered(pools: &[sqlx::PgPool]) -> (i64, i64) {
-    let (mut requests, mut records) = (0, 0);
-    for p in pools {
-        let r: Option<i64> =
-            sqlx::query_scalar("SELECT sum(requests)::bigint FROM postproc.usage_daily")
-                .fetch_one(p)
-                .await
-                .unwrap();
-        let d: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM postproc.processed_events WHERE consumer = 'postproc-usage'",
-        )
-        .fetch_one(p)
-        .await
-        .unwrap();
-        requests += r.unwrap_or(0);
-        records += d;
-    }
-    (requests, records)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_mid_batch_loses_nothing_and_counts_nothing_twice() {
     let mut stack = TestStack::start_with(|e| e.with("KEEL_POSTPROC_ACK_WAIT", "2s"))
@@ -79,56 +59,13 @@ async fn sigkill_mid_batch_loses_nothing_and_counts_nothing_twice() {
         .await
         .unwrap();
     bus.ensure_stream().await.unwrap();
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    let mut acks = Vec::new();
-    for i in 0..EVENTS {
-        let tenant = keel_tenancy::TenantId::parse(&format!("crash-{}", i % TENANTS)).unwrap();
-        let id = uuid::Uuid::now_v7().to_string();
-        let payload = keel_proto::events::InferenceCompleted {
-            event_id: id.clone(),
-            tenant_id: tenant.to_string(),
-            model: "keel-tiny".into(),
-            model_version: "keel-tiny@1".into(),
-            input_tokens: 3,
-            output_tokens: 5,
-            occur_time: Some(prost_types::Timestamp {
-                seconds: now.as_secs() as i64,
-                nanos: 0,
-            }),
-            finish_reason: "stop".into(),
-            ..Default::default()
-        }
-        .encode_to_vec();
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", id.as_str());
-        headers.insert("Keel-Tenant-Id", tenant.as_str());
-        headers.insert("Keel-Event-Type", "keel.events.v1.InferenceCompleted");
-        headers.insert("Keel-Schema-Version", "1");
-        acks.push(
-            bus.jetstream()
-                .publish_with_headers(
-                    bus.subject(&tenant, "inference.completed"),
-                    headers,
-                    payload.into(),
-                )
-                .await
-                .unwrap(),
-        );
-        if acks.len() >= 2000 {
-            for a in acks.drain(..) {
-                a.await.unwrap();
-            }
-        }
-    }
-    for a in acks.drain(..) {
-        a.await.unwrap();
-    }
+    publish_completions(&bus, "crash", TENANTS, EVENTS).await;
 
     // The first instance works through the backlog; it is killed part-way.
     let mut first = spawn(&stack);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (n, _) = metered(&pools).await;
+        let (n, _) = metered(&pools).await.unwrap();
         if n >= (EVENTS / 5) as i64 {
             break;
         }
@@ -140,7 +77,7 @@ async fn sigkill_mid_batch_loses_nothing_and_counts_nothing_twice() {
     }
     first.kill().unwrap();
     first.wait().unwrap();
-    let (at_kill, _) = metered(&pools).await;
+    let (at_kill, _) = metered(&pools).await.unwrap();
     assert!(at_kill < EVENTS as i64, "killed before the end ({at_kill})");
 
     // Two instances take over the same durable consumer; what the first had in hand comes back
@@ -149,7 +86,7 @@ async fn sigkill_mid_batch_loses_nothing_and_counts_nothing_twice() {
     let mut third = spawn(&stack);
     let deadline = Instant::now() + Duration::from_secs(90);
     let (requests, records) = loop {
-        let (n, d) = metered(&pools).await;
+        let (n, d) = metered(&pools).await.unwrap();
         if n >= EVENTS as i64 || Instant::now() > deadline {
             break (n, d);
         }
@@ -157,7 +94,7 @@ async fn sigkill_mid_batch_loses_nothing_and_counts_nothing_twice() {
     };
     // Let any redelivery still in flight land, then count again.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (requests_after, records_after) = metered(&pools).await;
+    let (requests_after, records_after) = metered(&pools).await.unwrap();
     for c in [&mut second, &mut third] {
         let _ = c.kill();
         let _ = c.wait();

@@ -345,6 +345,19 @@ impl Stack {
                 "KEEL_TEST_NATS_SERVER".into(),
                 self.nats_server.display().to_string(),
             ),
+            // For tests that kill and restart a PostgreSQL of their own (as `postgres` when
+            // running as root: initdb refuses root).
+            (
+                "KEEL_TEST_PG_BIN".into(),
+                self.pg_ctl
+                    .parent()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+            ),
+            (
+                "KEEL_TEST_PG_USER".into(),
+                if self.pg_as_postgres { "postgres" } else { "" }.into(),
+            ),
         ]
     }
 }

@@ -7,6 +7,16 @@
 //! delivery (`max_deliver`), go to the dead-letter stream ([`crate::dlq`]) and only once it
 //! has them are they terminated — nothing is dropped silently. While a handler works, the
 //! runner sends in-progress acks every third of the ack wait, so long work is not redelivered.
+//!
+//! The server is told to allow one delivery more than `max_deliver`. That reserved delivery
+//! only happens when the last real attempt was never settled (the worker was killed, or hung
+//! past the ack wait); the runner then dead-letters the message without handling it again,
+//! instead of the server silently giving up on it (a poison message that crashes its worker
+//! ends in the dead-letter stream, not in a crash loop or in limbo).
+//!
+//! At shutdown the runner stops pulling, finishes the batch in hand, and naks (without delay)
+//! what had already arrived but was not started, so another instance takes it at once rather
+//! than after the ack wait.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -109,7 +119,8 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// Runs until `shutdown` fires. Between messages it checks for shutdown, so the message in hand
-/// is finished and acknowledged before returning.
+/// is finished and acknowledged before returning; what has arrived but was not started is
+/// nakked for another instance.
 pub async fn run_consumer<H: Handler>(
     bus: &Bus,
     spec: ConsumerSpec,
@@ -137,7 +148,10 @@ pub async fn run_consumer<H: Handler>(
         loop {
             let next = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => {
+                    release_buffered(&spec, &mut messages).await;
+                    return Ok(());
+                }
                 next = messages.next() => next,
             };
             match next {
@@ -169,6 +183,33 @@ pub async fn run_consumer<H: Handler>(
     Ok(())
 }
 
+/// Naks, without delay, every message already delivered to this runner but not started.
+async fn release_buffered(spec: &ConsumerSpec, messages: &mut pull::Stream) {
+    let mut released = 0u64;
+    while let Some(Some(Ok(m))) = futures::FutureExt::now_or_never(messages.next()) {
+        if let Err(e) = m.ack_with(AckKind::Nak(None)).await {
+            tracing::warn!(consumer = %spec.durable, error = %e, "nak at shutdown failed; redelivery after ack_wait");
+        }
+        released += 1;
+    }
+    if released > 0 {
+        tracing::info!(consumer = %spec.durable, released, "released unstarted messages at shutdown");
+        metrics::counter!("keel_consumer_messages_total", "consumer" => spec.durable.clone(), "outcome" => "released")
+            .increment(released);
+    }
+}
+
+/// The reserved delivery (see the module's note): the last real attempt was never settled.
+fn unsettled_last_attempt(spec: &ConsumerSpec, delivery: &Delivery) -> Option<HandlerError> {
+    (delivery.delivered > spec.max_deliver).then(|| {
+        HandlerError::Transient(format!(
+            "delivery {} of at most {} was never settled (the worker was killed or stalled past the ack wait); not handled again",
+            delivery.delivered - 1,
+            spec.max_deliver
+        ))
+    })
+}
+
 async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) {
     tokio::select! {
         _ = shutdown.cancelled() => {}
@@ -191,7 +232,8 @@ async fn declare(
                 deliver_policy: DeliverPolicy::All,
                 ack_wait: spec.ack_wait,
                 max_ack_pending: spec.max_ack_pending,
-                max_deliver: spec.max_deliver,
+                // One reserved delivery: see the module's note.
+                max_deliver: spec.max_deliver.saturating_add(1),
                 ..Default::default()
             },
         )
@@ -280,12 +322,17 @@ async fn process<H: Handler>(
     let delivery = delivery_of(&msg);
     let span = span_of(spec, &msg, &delivery);
     let started = Instant::now();
-    let result = in_progress(
-        spec,
-        std::slice::from_ref(&msg),
-        handler.handle(&delivery).instrument(span.clone()),
-    )
-    .await;
+    let result = match unsettled_last_attempt(spec, &delivery) {
+        Some(e) => Err(e),
+        None => {
+            in_progress(
+                spec,
+                std::slice::from_ref(&msg),
+                handler.handle(&delivery).instrument(span.clone()),
+            )
+            .await
+        }
+    };
     settle(bus, spec, &msg, &delivery, &span, result).await;
     metrics::histogram!("keel_consumer_duration_seconds", "consumer" => spec.durable.clone())
         .record(started.elapsed().as_secs_f64());
@@ -298,6 +345,18 @@ async fn process_batch<H: Handler>(
     handler: &H,
     msgs: Vec<async_nats::jetstream::Message>,
 ) {
+    let (msgs, exhausted): (Vec<_>, Vec<_>) = msgs
+        .into_iter()
+        .partition(|m| unsettled_last_attempt(spec, &delivery_of(m)).is_none());
+    for m in exhausted {
+        let d = delivery_of(&m);
+        let span = span_of(spec, &m, &d);
+        let why = unsettled_last_attempt(spec, &d).map_or(Ok(()), Err);
+        settle(bus, spec, &m, &d, &span, why).await;
+    }
+    if msgs.is_empty() {
+        return;
+    }
     let deliveries: Vec<Delivery> = msgs.iter().map(delivery_of).collect();
     let spans: Vec<tracing::Span> = msgs
         .iter()

@@ -93,6 +93,19 @@ impl Bus {
         } = f;
         self.ensure_dlq_stream().await?;
         let mut headers = original_headers.cloned().unwrap_or_default();
+        // The event's identity travels in `Keel-Event-Id`; `Nats-Msg-Id` becomes this dead
+        // letter's own, one per consumer and stream message: two consumers failing on the same
+        // event each leave theirs, and one consumer dead-lettering the same message twice (a
+        // term that was lost) leaves one.
+        if headers.get(EVENT_ID_HEADER).is_none()
+            && let Some(id) = headers.get("Nats-Msg-Id").map(|v| v.as_str().to_owned())
+        {
+            headers.insert(EVENT_ID_HEADER, id.as_str());
+        }
+        headers.insert(
+            "Nats-Msg-Id",
+            format!("dlq:{consumer}:{stream_sequence}").as_str(),
+        );
         let error: String = error.chars().take(MAX_ERROR).collect();
         headers.insert(ERROR_HEADER, error.replace(['\r', '\n'], " ").as_str());
         headers.insert(CONSUMER_HEADER, consumer);
@@ -198,7 +211,9 @@ impl Bus {
         let mut replays = 0u32;
         for (k, v) in &d.headers {
             match k.as_str() {
-                "Nats-Msg-Id" => original_id = v.clone(),
+                // A dead letter's own ID (`dlq:…`) is not the event's.
+                "Nats-Msg-Id" if !v.starts_with("dlq:") => original_id = v.clone(),
+                "Nats-Msg-Id" => {}
                 REPLAYS_HEADER => replays = v.parse().unwrap_or(0),
                 ERROR_HEADER | CONSUMER_HEADER | DELIVERED_HEADER | SUBJECT_HEADER
                 | SEQUENCE_HEADER => {}
