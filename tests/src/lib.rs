@@ -591,6 +591,8 @@ pub async fn http_post_form(
     Ok((r.status, r.text()))
 }
 
+pub mod load;
+
 /// Servers of a test's own, which it may kill and restart (the shared ones must stay up for the
 /// other tests). The binaries are the ones `cargo xtask test` installed.
 pub mod own {

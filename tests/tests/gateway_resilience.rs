@@ -464,3 +464,55 @@ async fn the_model_breaker_opens_for_a_failing_inference_not_for_a_failing_model
     own_inference.shutdown().await;
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_streamed_answer_holds_its_in_flight_slot_until_it_ends() {
+    let stack = TestStack::start_with(|e| e.with("KEEL_GATEWAY_MAX_IN_FLIGHT", "2"))
+        .await
+        .unwrap();
+    let token = stack.tenant_token("streams").await.unwrap();
+    let ch = connect(&stack.gateway_url()).await.unwrap();
+    let mut inference = pb::inference_service_client::InferenceServiceClient::new(ch.clone());
+    let slow = || {
+        authed(
+            pb::GenerateRequest {
+                model: "keel-tiny-slow".into(),
+                messages: vec![pb::ChatMessage {
+                    role: "user".into(),
+                    content: "a long answer please".into(),
+                }],
+                max_output_tokens: 200,
+                ..Default::default()
+            },
+            &token,
+        )
+    };
+    // Two answers streaming: their headers and first chunks are out, their bodies are not.
+    let mut a = inference.generate(slow()).await.unwrap().into_inner();
+    let mut b = inference.generate(slow()).await.unwrap().into_inner();
+    a.message().await.unwrap().unwrap();
+    b.message().await.unwrap().unwrap();
+    let mut docs = pb::document_service_client::DocumentServiceClient::new(ch);
+    let st = docs
+        .list_documents(authed(pb::ListDocumentsRequest::default(), &token))
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::Unavailable, "{st:?}");
+    assert_eq!(
+        keel_tests::detail(&st, "cause").as_deref(),
+        Some("overloaded")
+    );
+    // The client goes away: the slots come back.
+    drop((a, b));
+    eventually(Duration::from_secs(10), "slots released", || async {
+        let mut docs = docs.clone();
+        Ok(docs
+            .list_documents(authed(pb::ListDocumentsRequest::default(), &token))
+            .await
+            .ok()
+            .map(|_| ()))
+    })
+    .await
+    .unwrap();
+    stack.shutdown().await;
+}

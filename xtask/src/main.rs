@@ -36,6 +36,9 @@ commands:
            latency at a fixed rate, embeddings/s and completions/s (cold, hot), a request storm
   bench postproc [--events N] [--smoke]   the metering path, publish → usage committed, with
            one and two postproc instances: events/s, lag p50/p99, lost, duplicated
+  load SCENARIO|all [--smoke] [--rate R] [--seconds S] [--peak P]   open-model load through
+           the gateway (crud, stream, ramp, timeouts, backpressure, cache-storm, noisy-tenant):
+           text summary, HTML report under target/loadtest/, SLO verdict
   fuzz [TARGET] [SECONDS]   run a cargo-fuzz target (default: every target, 60 s each)
 ";
 
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("stack") => stack_only(),
         Some("bench") => bench(&args[1..]),
+        Some("load") => load(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             eprint!("{USAGE}");
@@ -151,6 +155,24 @@ fn bench(args: &[String]) -> Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     }
+    run_stack_bin(bin, &args[1..])
+}
+
+/// `cargo xtask load SCENARIO|all [--smoke] [...]`: `keel-loadtest` against a throwaway stack.
+fn load(args: &[String]) -> Result<ExitCode> {
+    if args.is_empty() {
+        eprintln!(
+            "usage: cargo xtask load SCENARIO|all [--smoke] [--rate R] [--seconds S] [--peak P] [--report-dir DIR]"
+        );
+        return Ok(ExitCode::from(2));
+    }
+    run_stack_bin("load", args)
+}
+
+/// Runs a `keel-tests` binary (release) against servers started for it, then stops them.
+fn run_stack_bin(bin: &str, args: &[String]) -> Result<ExitCode> {
+    let root = workspace_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let tools = install::ensure(&root)?;
     let dir = stack::TempDir::new("keel-bench")?;
     let stop = stack::install_signal_handler()?;
@@ -168,7 +190,7 @@ fn bench(args: &[String]) -> Result<ExitCode> {
             "--",
         ])
         // Anything after the benchmark's name goes to it (`bench inference --smoke`).
-        .args(&args[1..])
+        .args(args)
         .env("RUST_LOG", "error")
         .env(
             "KEEL_BENCH_GATEWAY_BIN",

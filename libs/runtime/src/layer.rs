@@ -9,7 +9,11 @@
 //!    reaches a handler, and hands the admitted [`Caller`] to the handler in the request
 //!    extensions — so no handler can forget authentication;
 //! 5. records RED metrics: `keel_rpc_requests_total{service,method,code}`,
-//!    `keel_rpc_duration_seconds{service,method}` and `keel_rpc_in_flight{service}`.
+//!    `keel_rpc_duration_seconds{service,method}` and `keel_rpc_in_flight{service}`;
+//! 6. bounds the calls in flight (`max_in_flight`), shedding the excess at once with
+//!    `UNAVAILABLE` and `retry-after`. A call holds its slot until its response *body* ends
+//!    or is dropped, so a streamed answer counts for as long as it streams (not only until its
+//!    headers), and the gauge says the same.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -148,15 +152,55 @@ pub struct RequestService<S> {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
+/// One call's place in the server: the in-flight permit (when bounded) and the gauge, both
+/// released when the call's response body is done or dropped.
+struct CallSlot {
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    gauge: metrics::Gauge,
+}
+
+impl Drop for CallSlot {
+    fn drop(&mut self) {
+        self.gauge.decrement(1.0);
+    }
+}
+
+/// A response body that keeps its call's [`CallSlot`] until it is finished with.
+struct SlotBody<B> {
+    inner: B,
+    _slot: CallSlot,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for SlotBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 impl<S, B, RB> Service<http::Request<B>> for RequestService<S>
 where
     S: Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     B: Send + 'static,
-    RB: Default + Send + 'static,
+    RB: http_body::Body<Data = tonic::codegen::Bytes> + Default + Unpin + Send + 'static,
+    RB::Error: Into<tonic::codegen::StdError>,
 {
-    type Response = S::Response;
+    type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
     type Future = BoxFuture<Result<Self::Response, Self::Error>>;
 
@@ -218,7 +262,7 @@ where
                     );
                     st.metadata_mut()
                         .insert("retry-after", tonic::metadata::MetadataValue::from(1u32));
-                    return Box::pin(std::future::ready(Ok(st.into_http::<RB>())));
+                    return Box::pin(std::future::ready(Ok(st.into_http::<tonic::body::Body>())));
                 }
             },
             _ => None,
@@ -228,6 +272,10 @@ where
             let started = Instant::now();
             let in_flight = metrics::gauge!("keel_rpc_in_flight", "service" => service);
             in_flight.increment(1.0);
+            let slot = CallSlot {
+                _permit: slot,
+                gauge: in_flight,
+            };
             let mut req = req;
             let peer = req
                 .extensions()
@@ -293,8 +341,6 @@ where
                 }
                 r
             });
-            in_flight.decrement(1.0);
-            drop(slot);
             let code = match &res {
                 // Errors before the body are "trailers-only": grpc-status is in the headers.
                 Ok(r) => r
@@ -310,7 +356,14 @@ where
             metrics::counter!("keel_rpc_requests_total", "service" => service, "method" => method.clone(), "code" => code_name(code)).increment(1);
             metrics::histogram!("keel_rpc_duration_seconds", "service" => service, "method" => method)
                 .record(started.elapsed().as_secs_f64());
-            res
+            res.map(|r| {
+                r.map(|body| {
+                    tonic::body::Body::new(SlotBody {
+                        inner: body,
+                        _slot: slot,
+                    })
+                })
+            })
         };
         Box::pin(CORRELATION_ID.scope(correlation, fut.instrument(span)))
     }
