@@ -58,6 +58,8 @@ pub struct Target {
     pub noisy: Vec<Caller>,
     /// The free tier's per-tenant limit (requests/s), to size the noisy tenant's excess.
     pub noisy_limit_per_s: f64,
+    /// The gateway's OpenAI-compatible HTTP surface (the stream scenario also drives it).
+    pub http: Option<std::net::SocketAddr>,
     /// The inference service's Prometheus endpoint, to count model calls (cache storms).
     pub inference_metrics: Option<std::net::SocketAddr>,
     /// The first-token timeout inference is configured with (timeouts scenario).
@@ -341,6 +343,57 @@ async fn generate(
     }
 }
 
+/// `POST /v1/chat/completions` with `stream: true` over a fresh HTTP/1.1 connection, read to
+/// the end; the outcome carries when the first server-sent event arrived.
+async fn openai_chat(addr: std::net::SocketAddr, token: String, prompt: String) -> Outcome {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = format!(
+        r#"{{"model":"keel-tiny","stream":true,"temperature":0,"seed":7,"max_tokens":32,"messages":[{{"role":"user","content":"{}"}}]}}"#,
+        prompt.replace(['"', '\\'], " ")
+    );
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let call = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(request.as_bytes()).await?;
+        let mut got = Vec::new();
+        let mut first = None;
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            if first.is_none() && got.windows(5).any(|w| w == b"data:") {
+                first = Some(Instant::now());
+            }
+        }
+        std::io::Result::Ok((got, first))
+    };
+    match tokio::time::timeout(CALL_DEADLINE, call).await {
+        Err(_) => Outcome::error("HTTP_TIMEOUT"),
+        Ok(Err(_)) => Outcome::error("HTTP_IO"),
+        Ok(Ok((got, first))) => {
+            let head = String::from_utf8_lossy(&got[..got.len().min(64)]).into_owned();
+            let status = head.split_whitespace().nth(1).unwrap_or("");
+            let text = String::from_utf8_lossy(&got);
+            match (status, first) {
+                ("200", Some(at)) if text.contains("data: [DONE]") => Outcome::streamed(at),
+                ("200", _) => Outcome::error("HTTP_200_INCOMPLETE"),
+                ("429", _) => Outcome {
+                    class: Class::Refused,
+                    code: "HTTP_429".into(),
+                    first: None,
+                },
+                (other, _) => Outcome::error(&format!("HTTP_{other}")),
+            }
+        }
+    }
+}
+
 async fn stream(
     target: &Target,
     profile: Profile,
@@ -384,12 +437,46 @@ async fn stream(
             let (ch, c) = pick(target, &target.callers, i);
             // Distinct prompts: every call is a cache miss and really generates.
             let prompt = format!("tell me about load run {run} call {i}");
-            ("stream.generate", async move {
-                generate(ch, c.token, "keel-tiny", prompt, 32).await.0
-            })
+            // One in four through the OpenAI-compatible HTTP surface, when there is one.
+            match target.http {
+                Some(addr) if i % 4 == 3 => {
+                    let call: Call = Box::pin(openai_chat(addr, c.token, prompt));
+                    ("stream.openai_http", call)
+                }
+                _ => {
+                    let call: Call =
+                        Box::pin(
+                            async move { generate(ch, c.token, "keel-tiny", prompt, 32).await.0 },
+                        );
+                    ("stream.generate", call)
+                }
+            }
         },
     )
     .await;
+    if target.http.is_some() {
+        let h = rec.op("stream.openai_http");
+        checks.push(Check::below(
+            "OpenAI HTTP stream: whole answer p95",
+            h.ms(0.95),
+            INFERENCE_P95_MS,
+            "ms",
+        ));
+        checks.push(Check::below(
+            "OpenAI HTTP stream: error rate",
+            h.error_rate(),
+            MAX_ERROR_RATE,
+            "",
+        ));
+        checks.push(Check::at_least(
+            "OpenAI HTTP stream: calls completed",
+            h.ok as f64,
+            1.0,
+            "calls",
+        ));
+        fig(figures, "http_ttft_p95_ms", f2(h.first_ms(0.95)));
+        fig(figures, "http_total_p95_ms", f2(h.ms(0.95)));
+    }
     let s = rec.op("stream.generate");
     checks.push(Check::below(
         "stream time to first token p95",

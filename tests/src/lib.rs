@@ -592,6 +592,7 @@ pub async fn http_post_form(
 }
 
 pub mod load;
+pub mod seed;
 
 /// Servers of a test's own, which it may kill and restart (the shared ones must stay up for the
 /// other tests). The binaries are the ones `cargo xtask test` installed.
@@ -883,47 +884,58 @@ pub mod metering {
 
     use prost::Message;
 
+    /// Publishes one `InferenceCompleted` event (`input`/`output` tokens, occurred at `occur`)
+    /// and returns its PubAck future.
+    pub async fn publish_completion(
+        bus: &keel_bus::Bus,
+        tenant: &keel_tenancy::TenantId,
+        input: u32,
+        output: u32,
+        occur: prost_types::Timestamp,
+    ) -> async_nats::jetstream::context::PublishAckFuture {
+        let id = uuid::Uuid::now_v7().to_string();
+        let payload = keel_proto::events::InferenceCompleted {
+            event_id: id.clone(),
+            tenant_id: tenant.to_string(),
+            model: "keel-tiny".into(),
+            model_version: "keel-tiny@1".into(),
+            input_tokens: input,
+            output_tokens: output,
+            occur_time: Some(occur),
+            finish_reason: "stop".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id.as_str());
+        headers.insert("Keel-Tenant-Id", tenant.as_str());
+        headers.insert("Keel-Event-Type", "keel.events.v1.InferenceCompleted");
+        headers.insert("Keel-Schema-Version", "1");
+        bus.jetstream()
+            .publish_with_headers(
+                bus.subject(tenant, "inference.completed"),
+                headers,
+                payload.into(),
+            )
+            .await
+            .expect("publish")
+    }
+
     /// Publishes `n` `InferenceCompleted` events (3 tokens in, 5 out, now), spread over
     /// `tenants` tenants named `{prefix}-{i}`, and waits for every PubAck.
     pub async fn publish_completions(bus: &keel_bus::Bus, prefix: &str, tenants: usize, n: usize) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .expect("clock after 1970");
+        let occur = prost_types::Timestamp {
+            seconds: now.as_secs() as i64,
+            nanos: 0,
+        };
         let mut acks = Vec::new();
         for i in 0..n {
             let tenant = keel_tenancy::TenantId::parse(&format!("{prefix}-{}", i % tenants))
                 .expect("a valid tenant");
-            let id = uuid::Uuid::now_v7().to_string();
-            let payload = keel_proto::events::InferenceCompleted {
-                event_id: id.clone(),
-                tenant_id: tenant.to_string(),
-                model: "keel-tiny".into(),
-                model_version: "keel-tiny@1".into(),
-                input_tokens: 3,
-                output_tokens: 5,
-                occur_time: Some(prost_types::Timestamp {
-                    seconds: now.as_secs() as i64,
-                    nanos: 0,
-                }),
-                finish_reason: "stop".into(),
-                ..Default::default()
-            }
-            .encode_to_vec();
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", id.as_str());
-            headers.insert("Keel-Tenant-Id", tenant.as_str());
-            headers.insert("Keel-Event-Type", "keel.events.v1.InferenceCompleted");
-            headers.insert("Keel-Schema-Version", "1");
-            acks.push(
-                bus.jetstream()
-                    .publish_with_headers(
-                        bus.subject(&tenant, "inference.completed"),
-                        headers,
-                        payload.into(),
-                    )
-                    .await
-                    .expect("publish"),
-            );
+            acks.push(publish_completion(bus, &tenant, 3, 5, occur).await);
             if acks.len() >= 2000 {
                 for a in acks.drain(..) {
                     a.await.expect("PubAck");

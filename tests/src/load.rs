@@ -108,6 +108,7 @@ pub async fn target(stack: &TestStack) -> Result<Target> {
         callers,
         noisy,
         noisy_limit_per_s: 20.0,
+        http: Some(stack.gateway_http()),
         inference_metrics: stack.inference.as_ref().map(|h| h.admin_addr()),
         first_token_timeout: FIRST_TOKEN_TIMEOUT,
         gateway_max_in_flight: GATEWAY_MAX_IN_FLIGHT,

@@ -39,6 +39,8 @@ commands:
   load SCENARIO|all [--smoke] [--rate R] [--seconds S] [--peak P]   open-model load through
            the gateway (crud, stream, ramp, timeouts, backpressure, cache-storm, noisy-tenant):
            text summary, HTML report under target/loadtest/, SLO verdict
+  seed [--seed N] [--ci]   synthetic tenants (one of 10,000 users and 1,000,000 documents, a
+           long tail of 200 small ones) bulk-loaded with COPY on a throwaway stack
   fuzz [TARGET] [SECONDS]   run a cargo-fuzz target (default: every target, 60 s each)
 ";
 
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
         Some("stack") => stack_only(),
         Some("bench") => bench(&args[1..]),
         Some("load") => load(&args[1..]),
+        Some("seed") => run_stack_bin("seed", &args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             eprint!("{USAGE}");

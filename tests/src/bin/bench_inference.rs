@@ -24,8 +24,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use keel_proto::inference::document_store_client::DocumentStoreClient;
 use keel_proto::inference::generation_client::GenerationClient;
 use keel_proto::public as pb;
+use keel_tests::seed::{COPY_STREAMS_PER_SHARD, Rng, content, copy_corpus, document_ids, title};
 use keel_tests::{TestStack, connect};
-use sqlx::Connection;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
@@ -52,13 +52,6 @@ const TENANTS: &[&str] = &[
     "monarch",
     "nakatomi",
 ];
-/// Concurrent `COPY` streams per shard database (2 cores: more only queue in Postgres).
-const COPY_STREAMS_PER_SHARD: usize = 2;
-/// Bytes buffered before each `CopyData` send.
-const COPY_CHUNK: usize = 1 << 20;
-/// Documents' creation times spread over the year before the run (v7 IDs follow them).
-const HISTORY_MS: u64 = 365 * 24 * 3600 * 1000;
-
 /// Connections per target (HTTP/2 multiplexes the rest).
 const CONNECTIONS: usize = 8;
 /// Closed-loop callers of the generation phases.
@@ -120,189 +113,6 @@ fn settings() -> Settings {
     }
 }
 
-/// splitmix64: cheap, seedable, good enough to pick requests and words.
-#[derive(Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
-const WORDS: &[&str] = &[
-    "customer",
-    "invoice",
-    "quarterly",
-    "revenue",
-    "forecast",
-    "shipment",
-    "warehouse",
-    "contract",
-    "renewal",
-    "support",
-    "ticket",
-    "escalation",
-    "onboarding",
-    "migration",
-    "database",
-    "latency",
-    "incident",
-    "review",
-    "roadmap",
-    "release",
-    "feature",
-    "pricing",
-    "discount",
-    "partner",
-    "integration",
-    "security",
-    "audit",
-    "compliance",
-    "policy",
-    "budget",
-    "hiring",
-    "team",
-    "meeting",
-    "notes",
-    "summary",
-    "action",
-    "items",
-    "owner",
-    "deadline",
-    "priority",
-    "customer's",
-    "request",
-    "feedback",
-    "survey",
-    "results",
-    "market",
-    "analysis",
-    "competitor",
-    "launch",
-    "campaign",
-    "email",
-    "draft",
-    "approved",
-    "pending",
-    "blocked",
-    "resolved",
-    "the",
-    "a",
-    "for",
-    "with",
-    "and",
-    "of",
-    "to",
-    "in",
-    "next",
-    "last",
-    "week",
-    "month",
-    "region",
-    "europe",
-    "north",
-    "america",
-    "asia",
-    "report",
-    "plan",
-    "update",
-    "status",
-    "risk",
-    "mitigation",
-    "vendor",
-    "procurement",
-    "legal",
-    "signed",
-    "terms",
-];
-
-fn title(rng: &mut Rng) -> String {
-    let n = 3 + rng.below(4);
-    let mut t = String::with_capacity(48);
-    for i in 0..n {
-        if i > 0 {
-            t.push(' ');
-        }
-        let w = WORDS[rng.below(WORDS.len())];
-        if i == 0 {
-            let mut c = w.chars();
-            if let Some(f) = c.next() {
-                t.extend(f.to_uppercase());
-                t.push_str(c.as_str());
-            }
-        } else {
-            t.push_str(w);
-        }
-    }
-    t
-}
-
-/// About 200 bytes of sentences (no tab, newline or backslash: safe in COPY text format).
-fn content(rng: &mut Rng) -> String {
-    let target = 170 + rng.below(60);
-    let mut s = String::with_capacity(target + 24);
-    let mut left = 0;
-    while s.len() < target {
-        let w = WORDS[rng.below(WORDS.len())];
-        if left == 0 {
-            // A new sentence of 6 to 13 words.
-            if !s.is_empty() {
-                s.push_str(". ");
-            }
-            left = 6 + rng.below(8);
-            let mut c = w.chars();
-            if let Some(f) = c.next() {
-                s.extend(f.to_uppercase());
-                s.push_str(c.as_str());
-            }
-        } else {
-            s.push(' ');
-            s.push_str(w);
-        }
-        left -= 1;
-    }
-    s.push('.');
-    s
-}
-
-/// `YYYY-MM-DD HH:MM:SS.mmm+00` of a Unix time in milliseconds (proleptic Gregorian, UTC).
-fn timestamp(ms: u64) -> String {
-    let secs = ms / 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:03}+00",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms % 1000
-    )
-}
-
-fn unix_ms(id: &Uuid) -> u64 {
-    let b = id.as_bytes();
-    u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]])
-}
-
 /// Documents per tenant: half to the first, the rest in proportion to 1/k.
 fn split(documents: usize) -> Vec<usize> {
     let tail: f64 = (1..TENANTS.len()).map(|k| 1.0 / k as f64).sum();
@@ -336,116 +146,39 @@ fn generate_ids(counts: &[usize], now_ms: u64) -> Corpus {
     let mut starts = Vec::new();
     let mut total = 0;
     for &n in counts {
-        let mut v: Vec<Uuid> = (0..n)
-            .map(|_| {
-                let ms = now_ms - 1 - (rng.next() % HISTORY_MS);
-                let mut random = [0u8; 10];
-                random[..8].copy_from_slice(&rng.next().to_le_bytes());
-                random[8..].copy_from_slice(&rng.next().to_le_bytes()[..2]);
-                uuid::Builder::from_unix_timestamp_millis(ms, &random).into_uuid()
-            })
-            .collect();
-        v.sort_unstable();
         starts.push(total);
         total += n;
-        ids.push(Arc::new(v));
+        ids.push(Arc::new(document_ids(&mut rng, n, now_ms)));
     }
     Corpus { ids, starts, total }
 }
 
-/// A run of one tenant's seeded IDs: (tenant, its IDs, the range to load).
-type Piece = (&'static str, Arc<Vec<Uuid>>, std::ops::Range<usize>);
-
-/// One `COPY` stream: the given pieces, in order.
-async fn copy_stream(url: String, pieces: Vec<Piece>, seed: u64) -> u64 {
-    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-    let mut copy = conn
-        .copy_in_raw(
-            "COPY inference.documents (tenant_id, id, title, content, version, create_time, update_time) FROM STDIN",
-        )
-        .await
-        .unwrap();
-    let mut rng = Rng(seed);
-    let mut buf = String::with_capacity(COPY_CHUNK + 4096);
-    for (tenant, ids, range) in pieces {
-        for id in &ids[range] {
-            let ts = timestamp(unix_ms(id));
-            buf.push_str(tenant);
-            buf.push('\t');
-            buf.push_str(&id.hyphenated().to_string());
-            buf.push('\t');
-            buf.push_str(&title(&mut rng));
-            buf.push('\t');
-            buf.push_str(&content(&mut rng));
-            buf.push_str("\t1\t");
-            buf.push_str(&ts);
-            buf.push('\t');
-            buf.push_str(&ts);
-            buf.push('\n');
-            if buf.len() >= COPY_CHUNK {
-                copy.send(std::mem::take(&mut buf).into_bytes())
-                    .await
-                    .unwrap();
-                buf.reserve(COPY_CHUNK + 4096);
-            }
-        }
-    }
-    if !buf.is_empty() {
-        copy.send(buf.into_bytes()).await.unwrap();
-    }
-    copy.finish().await.unwrap()
-}
-
 /// Seeds the corpus; returns the seconds the `COPY` took.
 async fn seed(stack: &TestStack, corpus: &Corpus) -> f64 {
-    let shards = stack.database_urls.len();
-    // Each shard's tenants, then its rows cut into COPY_STREAMS_PER_SHARD contiguous runs.
-    let mut streams = Vec::new();
-    for s in 0..shards {
-        let tenants: Vec<usize> = (0..TENANTS.len())
-            .filter(|&t| stack.shard_of(TENANTS[t]) == s)
+    for s in 0..stack.database_urls.len() {
+        let mine: Vec<&str> = TENANTS
+            .iter()
+            .copied()
+            .filter(|t| stack.shard_of(t) == s)
             .collect();
-        let rows: usize = tenants.iter().map(|&t| corpus.ids[t].len()).sum();
-        println!(
-            "  shard {s}: {} tenants, {rows} documents ({})",
-            tenants.len(),
-            tenants
-                .iter()
-                .map(|&t| TENANTS[t])
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        let per = rows.div_ceil(COPY_STREAMS_PER_SHARD).max(1);
-        let mut current = Vec::new();
-        let mut room = per;
-        for &t in &tenants {
-            let ids = &corpus.ids[t];
-            let mut at = 0;
-            while at < ids.len() {
-                let take = room.min(ids.len() - at);
-                current.push((TENANTS[t], ids.clone(), at..at + take));
-                at += take;
-                room -= take;
-                if room == 0 {
-                    streams.push((s, std::mem::take(&mut current)));
-                    room = per;
-                }
-            }
-        }
-        if !current.is_empty() {
-            streams.push((s, current));
-        }
+        println!("  shard {s}: {} tenants ({})", mine.len(), mine.join(", "));
     }
+    let tenants: Vec<_> = TENANTS
+        .iter()
+        .enumerate()
+        .map(|(t, name)| {
+            (
+                Arc::from(*name),
+                stack.shard_of(name),
+                corpus.ids[t].clone(),
+            )
+        })
+        .collect();
     let started = Instant::now();
-    let mut set = tokio::task::JoinSet::new();
-    for (i, (s, pieces)) in streams.into_iter().enumerate() {
-        let url = stack.database_urls[s].clone();
-        set.spawn(copy_stream(url, pieces, 0x5eed + i as u64));
-    }
-    let mut copied = 0;
-    while let Some(n) = set.join_next().await {
-        copied += n.unwrap();
-    }
+    let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let copied = copy_corpus(&stack.database_urls, &tenants, 0x5eed, progress)
+        .await
+        .unwrap();
     let secs = started.elapsed().as_secs_f64();
     assert_eq!(copied as usize, corpus.total, "rows copied");
     secs
@@ -939,13 +672,6 @@ async fn main() {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn timestamps_are_civil_utc() {
-        assert_eq!(timestamp(0), "1970-01-01 00:00:00.000+00");
-        assert_eq!(timestamp(951_782_400_123), "2000-02-29 00:00:00.123+00");
-        assert_eq!(timestamp(1_767_225_599_999), "2025-12-31 23:59:59.999+00");
-    }
 
     #[test]
     fn counters_sum_over_label_sets() {

@@ -18,7 +18,6 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use keel_tests::TestStack;
-use prost::Message;
 
 const TENANTS: usize = 20;
 /// Publishes in flight before waiting for their acknowledgements.
@@ -104,33 +103,7 @@ async fn phase(
             }
         }
         let tenant = &tenants[i % TENANTS];
-        let id = uuid::Uuid::now_v7().to_string();
-        let payload = keel_proto::events::InferenceCompleted {
-            event_id: id.clone(),
-            tenant_id: tenant.to_string(),
-            model: "keel-tiny".into(),
-            model_version: "keel-tiny@1".into(),
-            input_tokens: 7,
-            output_tokens: 16,
-            occur_time: Some(occur),
-            finish_reason: "stop".into(),
-            ..Default::default()
-        }
-        .encode_to_vec();
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", id.as_str());
-        headers.insert("Keel-Tenant-Id", tenant.as_str());
-        headers.insert("Keel-Event-Type", "keel.events.v1.InferenceCompleted");
-        headers.insert("Keel-Schema-Version", "1");
-        let ack = bus
-            .jetstream()
-            .publish_with_headers(
-                bus.subject(tenant, "inference.completed"),
-                headers,
-                payload.into(),
-            )
-            .await
-            .unwrap();
+        let ack = keel_tests::metering::publish_completion(&bus, tenant, 7, 16, occur).await;
         sent_at.push(Instant::now());
         acks.push(ack);
         if acks.len() >= PUBLISH_WINDOW {
