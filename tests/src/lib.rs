@@ -594,6 +594,24 @@ pub async fn http_post_form(
 pub mod load;
 pub mod seed;
 
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Waits until at least 15 s remain in the current TOTP step, so the codes a test computes now
+/// keep their meaning (current / previous / next step) while it runs, even on a slow machine;
+/// returns the step.
+pub async fn totp_safe_window() -> i64 {
+    use keel_auth::totp;
+    while unix_now() % totp::STEP_SECS > totp::STEP_SECS - 15 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    totp::step_at(unix_now())
+}
+
 /// Servers of a test's own, which it may kill and restart (the shared ones must stay up for the
 /// other tests). The binaries are the ones `cargo xtask test` installed.
 pub mod own {

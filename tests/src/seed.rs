@@ -216,6 +216,31 @@ pub fn document_ids(rng: &mut Rng, n: usize, now_ms: u64) -> Vec<Uuid> {
 /// A run of one tenant's IDs: (tenant, its IDs, the range to load).
 pub type Piece = (Arc<str>, Arc<Vec<Uuid>>, std::ops::Range<usize>);
 
+/// One `COPY … FROM STDIN` in text format: `next_row` appends one line per call and returns
+/// false when there is none left; lines go to the server in [`COPY_CHUNK`] pieces, each counted
+/// in `progress`. Returns the rows copied.
+async fn copy_text(
+    url: &str,
+    statement: &'static str,
+    progress: &AtomicU64,
+    mut next_row: impl FnMut(&mut String) -> bool,
+) -> sqlx::Result<u64> {
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    let mut copy = conn.copy_in_raw(statement).await?;
+    let mut buf = String::with_capacity(COPY_CHUNK + 4096);
+    while next_row(&mut buf) {
+        progress.fetch_add(1, Ordering::Relaxed);
+        if buf.len() >= COPY_CHUNK {
+            copy.send(std::mem::take(&mut buf).into_bytes()).await?;
+            buf.reserve(COPY_CHUNK + 4096);
+        }
+    }
+    if !buf.is_empty() {
+        copy.send(buf.into_bytes()).await?;
+    }
+    copy.finish().await
+}
+
 /// One `COPY` stream of documents: the given pieces, in order. Returns the rows copied.
 pub async fn copy_documents(
     url: String,
@@ -223,17 +248,19 @@ pub async fn copy_documents(
     seed: u64,
     progress: Arc<AtomicU64>,
 ) -> sqlx::Result<u64> {
-    let mut conn = sqlx::PgConnection::connect(&url).await?;
-    let mut copy = conn
-        .copy_in_raw(
-            "COPY inference.documents (tenant_id, id, title, content, version, create_time, update_time) FROM STDIN",
-        )
-        .await?;
     let mut rng = Rng(seed);
-    let mut buf = String::with_capacity(COPY_CHUNK + 4096);
-    for (tenant, ids, range) in pieces {
-        for id in &ids[range] {
-            let ts = timestamp(unix_ms(id));
+    let mut rows = pieces
+        .into_iter()
+        .flat_map(|(tenant, ids, range)| range.map(move |i| (tenant.clone(), ids[i])));
+    copy_text(
+        &url,
+        "COPY inference.documents (tenant_id, id, title, content, version, create_time, update_time) FROM STDIN",
+        &progress,
+        |buf| {
+            let Some((tenant, id)) = rows.next() else {
+                return false;
+            };
+            let ts = timestamp(unix_ms(&id));
             buf.push_str(&tenant);
             buf.push('\t');
             buf.push_str(&id.hyphenated().to_string());
@@ -246,17 +273,10 @@ pub async fn copy_documents(
             buf.push('\t');
             buf.push_str(&ts);
             buf.push('\n');
-            progress.fetch_add(1, Ordering::Relaxed);
-            if buf.len() >= COPY_CHUNK {
-                copy.send(std::mem::take(&mut buf).into_bytes()).await?;
-                buf.reserve(COPY_CHUNK + 4096);
-            }
-        }
-    }
-    if !buf.is_empty() {
-        copy.send(buf.into_bytes()).await?;
-    }
-    copy.finish().await
+            true
+        },
+    )
+    .await
 }
 
 /// One tenant's documents to load: (tenant, its shard index, its IDs).
@@ -321,16 +341,18 @@ pub async fn copy_users(
     seed: u64,
     progress: Arc<AtomicU64>,
 ) -> sqlx::Result<u64> {
-    let mut conn = sqlx::PgConnection::connect(&url).await?;
-    let mut copy = conn
-        .copy_in_raw(
-            "COPY auth.users (tenant_id, user_id, username, password_hash, roles) FROM STDIN",
-        )
-        .await?;
     let mut rng = Rng(seed);
-    let mut buf = String::with_capacity(COPY_CHUNK + 4096);
-    for (tenant, n) in tenants {
-        for u in 0..n {
+    let mut rows = tenants
+        .into_iter()
+        .flat_map(|(tenant, n)| (0..n).map(move |u| (tenant.clone(), u)));
+    copy_text(
+        &url,
+        "COPY auth.users (tenant_id, user_id, username, password_hash, roles) FROM STDIN",
+        &progress,
+        |buf| {
+            let Some((tenant, u)) = rows.next() else {
+                return false;
+            };
             let mut random = [0u8; 16];
             random[..8].copy_from_slice(&rng.next_u64().to_le_bytes());
             random[8..].copy_from_slice(&rng.next_u64().to_le_bytes());
@@ -349,17 +371,10 @@ pub async fn copy_users(
             buf.push('\t');
             buf.push_str(roles);
             buf.push('\n');
-            progress.fetch_add(1, Ordering::Relaxed);
-            if buf.len() >= COPY_CHUNK {
-                copy.send(std::mem::take(&mut buf).into_bytes()).await?;
-                buf.reserve(COPY_CHUNK + 4096);
-            }
-        }
-    }
-    if !buf.is_empty() {
-        copy.send(buf.into_bytes()).await?;
-    }
-    copy.finish().await
+            true
+        },
+    )
+    .await
 }
 
 /// One synthetic tenant of a [`Plan`].

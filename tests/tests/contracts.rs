@@ -7,7 +7,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use keel_auth::totp;
 use keel_proto::public as pb;
@@ -30,7 +29,11 @@ impl Coverage {
     fn ok<T>(&mut self, path: &str, r: &tonic::Response<T>) {
         self.ok_anonymous(path);
         let md = r.metadata();
-        for key in ["x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"] {
+        for key in [
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset",
+        ] {
             assert!(md.get(key).is_some(), "{path}: no {key} in {md:?}");
         }
     }
@@ -66,21 +69,6 @@ fn declared() -> BTreeSet<String> {
         }
     }
     out
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-/// Waits until at least 15 s remain in the current TOTP step (codes keep their meaning).
-async fn safe_window() -> i64 {
-    while now() % totp::STEP_SECS > totp::STEP_SECS - 15 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    totp::step_at(now())
 }
 
 fn login_request(user: &str) -> pb::LoginRequest {
@@ -192,7 +180,10 @@ async fn every_public_rpc_keeps_its_contract() {
         .unwrap();
     c.ok("AuthenticationService/ListSessions", &r);
     let sessions = r.into_inner().sessions;
-    assert!(sessions.iter().filter(|s| s.current).count() == 1, "{sessions:?}");
+    assert!(
+        sessions.iter().filter(|s| s.current).count() == 1,
+        "{sessions:?}"
+    );
     assert!(
         sessions
             .iter()
@@ -212,7 +203,12 @@ async fn every_public_rpc_keeps_its_contract() {
         .unwrap()
         .into_inner()
         .sessions;
-    let other_sid = others.iter().find(|s| s.current).unwrap().session_id.clone();
+    let other_sid = others
+        .iter()
+        .find(|s| s.current)
+        .unwrap()
+        .session_id
+        .clone();
     let r = auth
         .revoke_session(authed(
             pb::RevokeSessionRequest {
@@ -299,7 +295,7 @@ async fn every_public_rpc_keeps_its_contract() {
         Code::Unauthenticated,
         "UNAUTHENTICATED",
     );
-    let step = safe_window().await;
+    let step = keel_tests::totp_safe_window().await;
     let code = |s: i64| totp::code(totp::Alg::Sha1, &secret, s, totp::DIGITS);
     let fresh = [code(step - 1), code(step), code(step + 1)];
     c.err(
@@ -610,7 +606,11 @@ async fn every_public_rpc_keeps_its_contract() {
     }
     let last = chunks.last().unwrap();
     assert!(!last.finish_reason.is_empty() && last.usage.is_some());
-    assert!(chunks.iter().all(|c| c.model_version.starts_with("keel-tiny@")));
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c.model_version.starts_with("keel-tiny@"))
+    );
     c.err(
         "InferenceService/Generate",
         inference
@@ -628,7 +628,10 @@ async fn every_public_rpc_keeps_its_contract() {
     c.ok("InferenceService/Complete", &r);
     let done = r.into_inner();
     assert!(!done.text.is_empty() && done.model_version.starts_with("keel-tiny@"));
-    assert!(done.usage.is_some_and(|u| u.input_tokens > 0 && u.output_tokens > 0));
+    assert!(
+        done.usage
+            .is_some_and(|u| u.input_tokens > 0 && u.output_tokens > 0)
+    );
     let mut empty = ask("keel-tiny");
     empty.messages.clear();
     c.err(
@@ -674,7 +677,11 @@ async fn every_public_rpc_keeps_its_contract() {
         .unwrap();
     c.ok("ModelService/ListModels", &r);
     let listed = r.into_inner().models;
-    assert!(listed.iter().any(|m| m.name == "keel-tiny" && m.kind == "chat"));
+    assert!(
+        listed
+            .iter()
+            .any(|m| m.name == "keel-tiny" && m.kind == "chat")
+    );
     c.err(
         "ModelService/ListModels",
         models
@@ -693,17 +700,12 @@ async fn every_public_rpc_keeps_its_contract() {
     // --- UsageService, AuditService, ModerationService (tenant admins).
     let admin = login(&mut auth, "admin").await.access_token;
     let mut usage = pb::usage_service_client::UsageServiceClient::new(ch.clone());
-    let at = |seconds| {
-        Some(prost_types::Timestamp {
-            seconds,
-            nanos: 0,
-        })
-    };
+    let at = |seconds| Some(prost_types::Timestamp { seconds, nanos: 0 });
     let r = usage
         .get_usage(authed(
             pb::GetUsageRequest {
-                start_time: at(now() - 7 * 86_400),
-                end_time: at(now() + 86_400),
+                start_time: at(keel_tests::unix_now() - 7 * 86_400),
+                end_time: at(keel_tests::unix_now() + 86_400),
                 ..Default::default()
             },
             &admin,
@@ -717,8 +719,8 @@ async fn every_public_rpc_keeps_its_contract() {
         usage
             .get_usage(authed(
                 pb::GetUsageRequest {
-                    start_time: at(now()),
-                    end_time: at(now() - 86_400),
+                    start_time: at(keel_tests::unix_now()),
+                    end_time: at(keel_tests::unix_now() - 86_400),
                     ..Default::default()
                 },
                 &admin,
@@ -764,7 +766,10 @@ async fn every_public_rpc_keeps_its_contract() {
         .iter()
         .map(|r| r.path.to_owned())
         .collect();
-    assert_eq!(all, routed, "the contract and the gateway's route table agree");
+    assert_eq!(
+        all, routed,
+        "the contract and the gateway's route table agree"
+    );
     let missing_ok: Vec<_> = all.difference(&c.ok).collect();
     let missing_err: Vec<_> = all.difference(&c.err).collect();
     assert!(
@@ -772,6 +777,9 @@ async fn every_public_rpc_keeps_its_contract() {
         "no success case: {missing_ok:?}; no failure case: {missing_err:?}"
     );
     let unknown: Vec<_> = c.ok.union(&c.err).filter(|p| !all.contains(*p)).collect();
-    assert!(unknown.is_empty(), "cases for undeclared methods: {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "cases for undeclared methods: {unknown:?}"
+    );
     stack.shutdown().await;
 }

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use keel_auth::totp;
 use keel_proto::public as pb;
@@ -12,22 +12,6 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 type Auth = pb::authentication_service_client::AuthenticationServiceClient<Channel>;
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-/// Waits until at least 15 s remain in the current 30 s step, so the codes a test computes now
-/// keep their meaning (current / previous / next step) while it runs, even on a slow machine.
-async fn safe_window() -> i64 {
-    while now() % totp::STEP_SECS > totp::STEP_SECS - 15 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    totp::step_at(now())
-}
 
 async fn login(auth: &mut Auth, user: &str) -> pb::LoginResponse {
     auth.login(pb::LoginRequest {
@@ -96,7 +80,7 @@ async fn totp_enrolment_each_code_once_recovery_codes_step_up_and_session_ending
     assert_eq!(secret.len(), totp::SECRET_BYTES);
 
     // Confirm with the previous step's code (so the current one is still fresh afterwards).
-    let step = safe_window().await;
+    let step = keel_tests::totp_safe_window().await;
     let code = |s: i64| totp::code(totp::Alg::Sha1, &secret, s, totp::DIGITS);
     let wrong = ["000000", "111111", "222222"]
         .into_iter()
@@ -285,7 +269,7 @@ async fn r31_wrong_codes_are_limited_per_user() {
             .secret,
     )
     .unwrap();
-    let step = safe_window().await;
+    let step = keel_tests::totp_safe_window().await;
     auth.confirm_mfa(authed(
         pb::ConfirmMfaRequest {
             code: totp::code(totp::Alg::Sha1, &secret, step - 1, 6),
