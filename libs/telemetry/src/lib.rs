@@ -243,9 +243,10 @@ pub fn current_traceparent() -> Option<String> {
 static PROMETHEUS: OnceLock<metrics_exporter_prometheus::PrometheusHandle> = OnceLock::new();
 
 /// Histogram buckets in seconds for request and processing durations: fine below 100 ms where
-/// our SLOs live, coarse up to the 30 s of a long generation.
+/// our SLOs live, coarse up to the 30 s of a long generation. 0.1, 0.3 and 2 are SLO thresholds
+/// (`keel-slo` counts requests under them; its tests fail if one goes).
 pub const DURATION_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.3, 0.5, 1.0, 2.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
 /// Installs the process's `metrics` recorder (once; later calls return the first handle):
