@@ -246,7 +246,8 @@ const W: f64 = 560.0;
 const H: f64 = 240.0;
 const PAD: f64 = 40.0;
 
-/// A line chart over seconds; NaN points (no data that second) break the line.
+/// A line chart over seconds; NaN points (no data that second) break the line. Well-formed
+/// XML (quoted attributes), so it also stands alone as an `.svg`.
 fn chart(title: &str, lines: &[(&str, &str, &Vec<f64>)]) -> String {
     let n = lines.iter().map(|l| l.2.len()).max().unwrap_or(0).max(2);
     let max = lines
@@ -259,25 +260,21 @@ fn chart(title: &str, lines: &[(&str, &str, &Vec<f64>)]) -> String {
     let x = |i: usize| PAD + (W - 2.0 * PAD) * i as f64 / (n - 1) as f64;
     let y = |v: f64| H - PAD - (H - 2.0 * PAD) * v / max;
     let mut svg = format!(
-        "<svg width={W} height={H} viewBox=\"0 0 {W} {H}\" xmlns=\"http://www.w3.org/2000/svg\"><text x={PAD} y=20>{}</text>",
+        r#"<svg width="{W}" height="{H}" viewBox="0 0 {W} {H}" xmlns="http://www.w3.org/2000/svg"><text x="{PAD}" y="20">{}</text>"#,
         esc(title)
     );
+    let (bottom, right) = (H - PAD, W - PAD);
     let _ = write!(
         svg,
-        "<line x1={PAD} y1={} x2={} y2={} stroke=#999/><line x1={PAD} y1={PAD} x2={PAD} y2={} stroke=#999/>",
-        H - PAD,
-        W - PAD,
-        H - PAD,
-        H - PAD
+        r##"<line x1="{PAD}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="#999"/><line x1="{PAD}" y1="{PAD}" x2="{PAD}" y2="{bottom}" stroke="#999"/>"##
     );
     let _ = write!(
         svg,
-        "<text x=2 y={} font-size=10>{:.1}</text><text x=2 y={} font-size=10>0</text><text x={} y={} font-size=10>{} s</text>",
+        r#"<text x="2" y="{}" font-size="10">{:.1}</text><text x="2" y="{bottom}" font-size="10">0</text><text x="{}" y="{}" font-size="10">{} s</text>"#,
         PAD + 4.0,
         max,
-        H - PAD,
-        W - PAD - 20.0,
-        H - PAD + 14.0,
+        right - 20.0,
+        bottom + 14.0,
         n - 1
     );
     for (k, (name, color, values)) in lines.iter().enumerate() {
@@ -294,14 +291,14 @@ fn chart(title: &str, lines: &[(&str, &str, &Vec<f64>)]) -> String {
         for seg in segments.iter().filter(|s| !s.is_empty()) {
             let _ = write!(
                 svg,
-                "<polyline fill=none stroke=\"{color}\" stroke-width=1.5 points=\"{}\"/>",
+                r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#,
                 seg.join(" ")
             );
         }
         let _ = write!(
             svg,
-            "<text x={} y=20 fill=\"{color}\" font-size=12>{}</text>",
-            W - PAD - 160.0 + 55.0 * k as f64,
+            r#"<text x="{}" y="20" fill="{color}" font-size="12">{}</text>"#,
+            right - 160.0 + 55.0 * k as f64,
             esc(name)
         );
     }
@@ -360,6 +357,14 @@ mod tests {
         assert!(!html.contains("<script>"));
         assert!(html.contains("<svg"));
         assert!(html.contains("polyline"));
+        // Every chart is well-formed XML: quoted attributes, closed elements.
+        for svg in html.split("<svg").skip(1) {
+            let svg = &svg[..svg.find("</svg>").unwrap()];
+            assert!(
+                !svg.contains("=#") && !svg.contains("=n"),
+                "unquoted attribute: {svg}"
+            );
+        }
         assert!(!html.contains("http://") || html.contains("xmlns=\"http://www.w3.org/2000/svg\""));
     }
 }

@@ -2,7 +2,9 @@
 //! call that succeeds (the response's shape, and the rate-limit metadata every authenticated
 //! answer carries) and one that fails (its gRPC code and machine-readable reason). A last
 //! check compares the methods exercised with the methods the compiled contract declares, so
-//! adding an RPC without a contract case here fails the tests.
+//! adding an RPC without a contract case here fails the tests. And since this run walks every
+//! credential flow, the log lines it produced are searched for the credentials it used: no
+//! token, password, TOTP secret or recovery code may reach a log.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -337,7 +339,7 @@ async fn every_public_rpc_keeps_its_contract() {
     );
     let verified = auth
         .verify_mfa(pb::VerifyMfaRequest {
-            mfa_token: pending.mfa_token,
+            mfa_token: pending.mfa_token.clone(),
             code: code(step),
         })
         .await

@@ -1,7 +1,9 @@
 //! Finds — and on Debian/Ubuntu installs — the servers the stack needs:
 //! PostgreSQL ≥ 15 and Redis ≥ 7 from the system's packages, nats-server ≥ 2.10 from Debian 13
 //! ("trixie"), fetched with apt's own client into `.keel/tools` (no change to the system's
-//! sources; Debian 12's nats-server 2.9 is too old: see shared/reference/toolchain.md).
+//! sources; Debian 12's nats-server 2.9 is too old: see shared/reference/toolchain.md); promtool
+//! for the SLO rules' tests the same way (Debian 12 has it only inside `prometheus`, whose
+//! install would start a server).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,7 +46,7 @@ pub fn ensure(root: &Path) -> Result<Tools> {
     let nats_server = match find_nats(&tools_dir) {
         Some(p) => p,
         None => {
-            fetch_nats(&tools_dir)?;
+            fetch_trixie(&tools_dir, "nats-server", "nats", NATS_HINT)?;
             find_nats(&tools_dir).context("nats-server was fetched but does not run")?
         }
     };
@@ -196,17 +198,19 @@ fn debian_mirror() -> String {
         .unwrap_or_else(|| DEFAULT_DEBIAN_MIRROR.to_owned())
 }
 
-fn fetch_nats(tools: &Path) -> Result<()> {
+const NATS_HINT: &str = "nats-server 2.10 or newer is required: download it from https://github.com/nats-io/nats-server/releases and put it on PATH (or use `docker compose up`)";
+const PROMTOOL_HINT: &str = "promtool is required for the SLO rules' tests: download a Prometheus release from https://prometheus.io/download/ and put its promtool on PATH";
+
+/// Debian 13's `package`, extracted into `tools/<into>` (`hint` says what to do without apt).
+fn fetch_trixie(tools: &Path, package: &str, into: &str, hint: &str) -> Result<()> {
     if !has_apt() {
-        bail!(
-            "nats-server 2.10 or newer is required: download it from https://github.com/nats-io/nats-server/releases and put it on PATH (or use `docker compose up`)"
-        );
+        bail!("{hint}");
     }
     if !Path::new(DEBIAN_KEYRING).is_file() {
         apt_install(&["debian-archive-keyring"], "Debian's archive keyring")?;
     }
     eprintln!(
-        "xtask: fetching nats-server from Debian 13 (trixie) into {}",
+        "xtask: fetching {package} from Debian 13 (trixie) into {}",
         tools.display()
     );
     let apt = tools.join("apt");
@@ -239,17 +243,48 @@ fn fetch_nats(tools: &Path) -> Result<()> {
     };
     run(apt_get(&["update"]), "apt-get update (trixie lists)")?;
     run(
-        apt_get(&["download", "nats-server"]),
-        "apt-get download nats-server",
+        apt_get(&["download", package]),
+        &format!("apt-get download {package}"),
     )?;
+    let prefix = format!("{package}_");
     let deb = std::fs::read_dir(apt.join("download"))?
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .context("apt-get download produced no .deb")?;
+        .find(|p| {
+            p.extension().is_some_and(|e| e == "deb")
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&prefix))
+        })
+        .with_context(|| format!("apt-get download produced no {package} .deb"))?;
     let mut x = Command::new("dpkg");
-    x.arg("-x").arg(&deb).arg(tools.join("nats"));
-    run(x, "dpkg -x nats-server")
+    x.arg("-x").arg(&deb).arg(tools.join(into));
+    run(x, &format!("dpkg -x {package}"))
+}
+
+fn promtool_ok(bin: &Path) -> bool {
+    bin.is_file() && output(bin.to_str().unwrap_or_default(), &["--version"]).is_some()
+}
+
+fn find_promtool(tools: &Path) -> Option<PathBuf> {
+    let local = tools.join("promtool/usr/bin/promtool");
+    if promtool_ok(&local) {
+        return Some(local);
+    }
+    which("promtool").filter(|p| promtool_ok(p))
+}
+
+/// promtool (Prometheus' rule checker) for `libs/slo`'s tests: on PATH, or Debian 13's
+/// `promtool` package fetched into `.keel/tools/promtool`.
+pub fn ensure_promtool(root: &Path) -> Result<PathBuf> {
+    let tools_dir = root.join(".keel/tools");
+    match find_promtool(&tools_dir) {
+        Some(p) => Ok(p),
+        None => {
+            fetch_trixie(&tools_dir, "promtool", "promtool", PROMTOOL_HINT)?;
+            find_promtool(&tools_dir).context("promtool was fetched but does not run")
+        }
+    }
 }
 
 /// The official OpenAI Python SDK the compatibility test drives, pinned.

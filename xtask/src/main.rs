@@ -78,6 +78,7 @@ fn test(extra: &[String]) -> Result<ExitCode> {
     let root = workspace_root();
     let tools = install::ensure(&root)?;
     let python = install::ensure_openai_sdk(&root)?;
+    let promtool = install::ensure_promtool(&root)?;
     let dir = stack::TempDir::new("keel-test")?;
     let stop = stack::install_signal_handler()?;
     let stack = stack::Stack::start(&tools, dir.path(), stack::Profile::Throwaway)?;
@@ -116,7 +117,8 @@ fn test(extra: &[String]) -> Result<ExitCode> {
             "KEEL_TEST_POSTPROC_BIN",
             target_dir(&root).join("debug/keel-postproc"),
         )
-        .env("KEEL_TEST_PYTHON", &python);
+        .env("KEEL_TEST_PYTHON", &python)
+        .env("KEEL_TEST_PROMTOOL", &promtool);
     let status = stack::run_interruptible(&mut cmd, &stop).context("running cargo test")?;
     drop(stack);
     let secs = started.elapsed().as_secs_f64();

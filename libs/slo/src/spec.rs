@@ -103,7 +103,7 @@ impl Threshold {
     /// at ingestion, so integral thresholds match both spellings.
     pub fn le_matcher(self) -> String {
         let le = self.seconds();
-        if self.0 % 1000 == 0 {
+        if self.0.is_multiple_of(1000) {
             format!("le=~\"{le}|{le}[.]0\"")
         } else {
             format!("le=\"{le}\"")
@@ -125,9 +125,9 @@ impl Window {
     /// The PromQL duration: `5m`, `1h`, `3d`.
     pub fn promql(self) -> String {
         let m = self.minutes;
-        if m % 1440 == 0 {
+        if m.is_multiple_of(1440) {
             format!("{}d", m / 1440)
-        } else if m % 60 == 0 {
+        } else if m.is_multiple_of(60) {
             format!("{}h", m / 60)
         } else {
             format!("{m}m")

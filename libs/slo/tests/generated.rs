@@ -1,6 +1,8 @@
 //! The guards of the generated files: they are what the code generates, they name only metrics
 //! the services export and methods `proto/` declares, and the dashboards are sound JSON.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -57,10 +59,8 @@ fn exported_metrics() -> BTreeSet<(String, bool)> {
         ] {
             for (at, _) in text.match_indices(macro_name) {
                 let rest = text[at + macro_name.len()..].trim_start();
-                if let Some(rest) = rest.strip_prefix('"') {
-                    if let Some(end) = rest.find('"') {
-                        out.insert((rest[..end].to_owned(), histogram));
-                    }
+                if let Some((name, _)) = rest.strip_prefix('"').and_then(|r| r.split_once('"')) {
+                    out.insert((name.to_owned(), histogram));
                 }
             }
         }
@@ -273,12 +273,14 @@ fn postproc_consumers_are_its_durables() {
     rust_files(&root().join("services/postproc/src"), &mut files);
     for file in files {
         for line in std::fs::read_to_string(file).unwrap().lines() {
-            if let Some(rest) = line.trim().strip_prefix("pub const ") {
-                if let Some((name, value)) = rest.split_once(": &str = \"") {
-                    if name.ends_with("_CONSUMER") {
-                        durables.insert(value.trim_end_matches("\";").to_owned());
-                    }
-                }
+            let constant = line
+                .trim()
+                .strip_prefix("pub const ")
+                .and_then(|rest| rest.split_once(": &str = \""));
+            if let Some((name, value)) = constant
+                && name.ends_with("_CONSUMER")
+            {
+                durables.insert(value.trim_end_matches("\";").to_owned());
             }
         }
     }

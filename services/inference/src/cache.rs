@@ -280,6 +280,11 @@ impl Cache {
     /// caller decides what else to write alongside).
     /// `across_processes`: also elect one computer among replicas (worth a lock round trip
     /// when the model call is slow or costly; not for a built-in that answers in microseconds).
+    #[tracing::instrument(
+        name = "cache.read_through",
+        skip_all,
+        fields(db.system = "redis", cache.hit = tracing::field::Empty, cache.result = tracing::field::Empty)
+    )]
     pub async fn read_through<C, CF, S, SF>(
         &self,
         key: &str,
@@ -294,7 +299,9 @@ impl Cache {
         S: FnOnce(Vec<u8>) -> SF,
         SF: Future<Output = ()>,
     {
+        let span = tracing::Span::current();
         if let Some(v) = self.get(key, popular).await {
+            span.record("cache.hit", true).record("cache.result", "hit");
             return Ok(Fetched {
                 bytes: v.into(),
                 hit: true,
@@ -351,6 +358,10 @@ impl Cache {
         if !computed_here {
             outcome("coalesced");
         }
+        span.record("cache.hit", !computed_here).record(
+            "cache.result",
+            if computed_here { "miss" } else { "coalesced" },
+        );
         result.map(|bytes| Fetched {
             bytes,
             hit: !computed_here,

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use keel_resilience::{Breaker, BreakerConfig};
+use tracing::Instrument;
 
 use crate::Error;
 use crate::models::{self, Pace, Plan};
@@ -144,26 +145,41 @@ impl Providers {
 
     /// Opens a chat call on exactly this version (no fallback), with its breaker and timeouts.
     pub async fn open_chat(&self, spec: &ModelSpec, call: &ChatCall) -> Result<Pieces, Error> {
-        let mut guard = self.admit(spec)?;
+        let span = model_span(spec);
+        let mut guard = match self.admit(spec) {
+            Ok(g) => g,
+            Err(e) => {
+                fail_span(&span, &e);
+                return Err(e);
+            }
+        };
         let started = guard.started;
         let first_by = started + spec.first_token_timeout;
-        let opened = tokio::time::timeout_at(first_by.into(), self.raw_chat(spec, call)).await;
+        let opened = tokio::time::timeout_at(
+            first_by.into(),
+            self.raw_chat(spec, call).instrument(span.clone()),
+        )
+        .await;
         let inner = match opened {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {
                 guard.failed = e.is_model_failure();
+                fail_span(&span, &e);
                 return Err(e);
             }
             Err(_) => {
                 guard.failed = true;
-                return Err(Error::ModelTimeout {
+                let e = Error::ModelTimeout {
                     version: spec.version.clone(),
                     phase: "first_token",
-                });
+                };
+                fail_span(&span, &e);
+                return Err(e);
             }
         };
         let state = Timed {
             inner,
+            span,
             version: spec.version.clone(),
             first_by,
             end_by: started + spec.timeout,
@@ -319,6 +335,8 @@ impl Drop for Accounting {
 /// A stream with a first-token and a whole-call deadline, that must end in `Done`.
 struct Timed {
     inner: Pieces,
+    /// The model call's span: open until the answer ends (or is dropped).
+    span: tracing::Span,
     version: String,
     first_by: Instant,
     end_by: Instant,
@@ -341,12 +359,17 @@ impl Timed {
             Ok(Some(Ok(p))) => {
                 if !self.got_first {
                     self.got_first = true;
+                    let ttft = self.guard.started.elapsed().as_secs_f64();
                     metrics::histogram!("keel_inference_time_to_first_token_seconds", "model_version" => self.version.clone())
-                        .record(self.guard.started.elapsed().as_secs_f64());
+                        .record(ttft);
+                    self.span.record("gen_ai.server.time_to_first_token", ttft);
                 }
                 if let Piece::Done(f) = &p {
                     self.over = true;
                     self.guard.settle();
+                    self.span
+                        .record("gen_ai.usage.input_tokens", i64::from(f.input_tokens))
+                        .record("gen_ai.usage.output_tokens", i64::from(f.output_tokens));
                     metrics::counter!("keel_inference_tokens_total", "model_version" => self.version.clone(), "direction" => "input")
                         .increment(u64::from(f.input_tokens));
                     metrics::counter!("keel_inference_tokens_total", "model_version" => self.version.clone(), "direction" => "output")
@@ -372,9 +395,35 @@ impl Timed {
             self.over = true;
             self.guard.failed = e.is_model_failure();
             self.guard.settle();
+            fail_span(&self.span, e);
         }
         Some(item)
     }
+}
+
+/// The span of one model call, by the OpenTelemetry GenAI conventions: `chat <version>`, the
+/// requested model and the version that answers, and (as the answer comes) time to first token
+/// and token usage. It stays open until the answer ends, so its duration is the call's.
+fn model_span(spec: &ModelSpec) -> tracing::Span {
+    tracing::info_span!(
+        "gen_ai.chat",
+        otel.name = %format!("chat {}", spec.version),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        gen_ai.operation.name = "chat",
+        gen_ai.provider.name = if matches!(spec.backend, Backend::OpenAi { .. }) { "openai" } else { "keel" },
+        gen_ai.request.model = %spec.name,
+        gen_ai.response.model = %spec.version,
+        gen_ai.server.time_to_first_token = tracing::field::Empty,
+        gen_ai.usage.input_tokens = tracing::field::Empty,
+        gen_ai.usage.output_tokens = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    )
+}
+
+fn fail_span(span: &tracing::Span, e: &Error) {
+    span.record("otel.status_code", "ERROR");
+    span.record("error.type", keel_errors::KeelError::reason(e).as_str());
 }
 
 /// keel-tiny (and its failure variants) as a lazy stream.
