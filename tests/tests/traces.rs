@@ -177,3 +177,88 @@ async fn a_model_call_is_one_trace_from_the_gateway_to_the_consumers() {
     assert!(!again.iter().any(|s| s.name.starts_with("chat ")));
     stack.shutdown().await;
 }
+
+/// The value of the first sample of `metric` whose labels include all of `labels`.
+fn sample(page: &str, metric: &str, labels: &[&str]) -> Option<f64> {
+    page.lines()
+        .filter(|l| l.starts_with(metric) && labels.iter().all(|want| l.contains(want)))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_that_fails_half_way_counts_as_its_failure_for_its_whole_length() {
+    let stack = TestStack::start_with(|e| e.with("KEEL_INFERENCE_MODEL_TIMEOUT", "1s"))
+        .await
+        .unwrap();
+    let token = stack.tenant_token("stalls").await.unwrap();
+    let mut inference = pb::inference_service_client::InferenceServiceClient::new(
+        connect(&stack.gateway_url()).await.unwrap(),
+    );
+    let mut stream = inference
+        .generate(authed(
+            pb::GenerateRequest {
+                model: "keel-tiny-stall".into(),
+                messages: vec![pb::ChatMessage {
+                    role: "user".into(),
+                    content: "start, then stall".into(),
+                }],
+                max_output_tokens: 20,
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut chunks = 0;
+    let st = loop {
+        match stream.message().await {
+            Ok(Some(_)) => chunks += 1,
+            Ok(None) => panic!("the stalled stream ended cleanly"),
+            Err(st) => break st,
+        }
+    };
+    assert!(chunks >= 1, "the headers and first chunks went out");
+    assert_eq!(st.code(), tonic::Code::DeadlineExceeded);
+    let admin = stack.gateway.as_ref().unwrap().admin_addr();
+    let page = eventually(WAIT, "the call recorded", || async {
+        let (_, page) = keel_tests::admin_get(admin, "/metrics").await?;
+        Ok(sample(
+            &page,
+            "keel_rpc_requests_total",
+            &[
+                r#"service="gateway""#,
+                r#"method="Generate""#,
+                r#"code="DEADLINE_EXCEEDED""#,
+            ],
+        )
+        .is_some()
+        .then_some(page))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        sample(
+            &page,
+            "keel_rpc_requests_total",
+            &[
+                r#"service="gateway""#,
+                r#"method="Generate""#,
+                r#"code="OK""#
+            ],
+        ),
+        None,
+        "the failed stream is not counted as OK"
+    );
+    let seconds = sample(
+        &page,
+        "keel_rpc_duration_seconds_sum",
+        &[r#"service="gateway""#, r#"method="Generate""#],
+    )
+    .unwrap();
+    assert!(
+        seconds >= 0.9,
+        "the whole stream is timed, not its headers: {seconds} s"
+    );
+    stack.shutdown().await;
+}

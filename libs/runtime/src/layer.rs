@@ -8,8 +8,10 @@
 //! 4. when the server has a [`Gate`] (the public gateway), admits or refuses the call before it
 //!    reaches a handler, and hands the admitted [`Caller`] to the handler in the request
 //!    extensions — so no handler can forget authentication;
-//! 5. records RED metrics: `keel_rpc_requests_total{service,method,code}`,
-//!    `keel_rpc_duration_seconds{service,method}` and `keel_rpc_in_flight{service}`;
+//! 5. records RED metrics when a call *ends* (its body included, so a stream's code is the
+//!    one in its trailers and its duration the whole stream's):
+//!    `keel_rpc_requests_total{service,method,code}`, `keel_rpc_duration_seconds{service,method}`
+//!    and `keel_rpc_in_flight{service}`;
 //! 6. bounds the calls in flight (`max_in_flight`), shedding the excess at once with
 //!    `UNAVAILABLE` and `retry-after`. A call holds its slot until its response *body* ends
 //!    or is dropped, so a streamed answer counts for as long as it streams (not only until its
@@ -165,9 +167,43 @@ impl Drop for CallSlot {
     }
 }
 
-/// A response body that keeps its call's [`CallSlot`] until it is finished with.
+/// How a call ended, recorded when its response body is done with: the code (from the
+/// headers of a trailers-only answer, else from the trailers; a body dropped before its
+/// trailers is a call the client cancelled) and the whole duration, streamed body included —
+/// so a stream that fails half-way counts as the failure it is.
+struct CallEnd {
+    service: &'static str,
+    method: String,
+    started: Instant,
+    code: Option<tonic::Code>,
+    /// The `grpc.server` span, kept open until the call ends.
+    span: tracing::Span,
+}
+
+impl Drop for CallEnd {
+    fn drop(&mut self) {
+        let code = self.code.unwrap_or(tonic::Code::Cancelled);
+        self.span.record("rpc.grpc.status_code", code as i32);
+        let method = std::mem::take(&mut self.method);
+        metrics::counter!("keel_rpc_requests_total", "service" => self.service, "method" => method.clone(), "code" => code_name(code)).increment(1);
+        metrics::histogram!("keel_rpc_duration_seconds", "service" => self.service, "method" => method)
+            .record(self.started.elapsed().as_secs_f64());
+    }
+}
+
+fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(tonic::Code::from_i32)
+}
+
+/// A response body that keeps its call's [`CallSlot`] until it is finished with, and records
+/// how the call ended ([`CallEnd`]).
 struct SlotBody<B> {
     inner: B,
+    end: CallEnd,
     _slot: CallSlot,
 }
 
@@ -179,7 +215,20 @@ impl<B: http_body::Body + Unpin> http_body::Body for SlotBody<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(code) = frame.trailers_ref().and_then(grpc_status) {
+                    self.end.code = Some(code);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.end.code = Some(tonic::Code::Internal),
+            Poll::Ready(None) if self.end.code.is_none() => {
+                self.end.code = Some(tonic::Code::Unknown);
+            }
+            _ => {}
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -341,29 +390,31 @@ where
                 }
                 r
             });
-            let code = match &res {
-                // Errors before the body are "trailers-only": grpc-status is in the headers.
-                Ok(r) => r
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<i32>().ok())
-                    .map(tonic::Code::from_i32)
-                    .unwrap_or(tonic::Code::Ok),
-                Err(_) => tonic::Code::Unknown,
+            let mut end = CallEnd {
+                service,
+                method,
+                started,
+                code: None,
+                span: tracing::Span::current(),
             };
-            tracing::Span::current().record("rpc.grpc.status_code", code as i32);
-            metrics::counter!("keel_rpc_requests_total", "service" => service, "method" => method.clone(), "code" => code_name(code)).increment(1);
-            metrics::histogram!("keel_rpc_duration_seconds", "service" => service, "method" => method)
-                .record(started.elapsed().as_secs_f64());
-            res.map(|r| {
-                r.map(|body| {
-                    tonic::body::Body::new(SlotBody {
-                        inner: body,
-                        _slot: slot,
-                    })
-                })
-            })
+            match res {
+                Ok(r) => {
+                    // Errors before the body are "trailers-only": grpc-status is in the
+                    // headers. Otherwise the code comes with the trailers, after the body.
+                    end.code = grpc_status(r.headers());
+                    Ok(r.map(|body| {
+                        tonic::body::Body::new(SlotBody {
+                            inner: body,
+                            end,
+                            _slot: slot,
+                        })
+                    }))
+                }
+                Err(e) => {
+                    end.code = Some(tonic::Code::Unknown);
+                    Err(e)
+                }
+            }
         };
         Box::pin(CORRELATION_ID.scope(correlation, fut.instrument(span)))
     }
