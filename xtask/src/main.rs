@@ -41,6 +41,8 @@ commands:
            text summary, HTML report under target/loadtest/, SLO verdict
   seed [--seed N] [--ci]   synthetic tenants (one of 10,000 users and 1,000,000 documents, a
            long tail of 200 small ones) bulk-loaded with COPY on a throwaway stack
+  gameday key-rotation   rotate a tenant's key under light load: refreshing clients lose
+           nothing, a token of the retained key fails cleanly once it expires
   fuzz [TARGET] [SECONDS]   run a cargo-fuzz target (default: every target, 60 s each)
 ";
 
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
         Some("bench") => bench(&args[1..]),
         Some("load") => load(&args[1..]),
         Some("seed") => run_stack_bin("seed", &args[1..]),
+        Some("gameday") => run_stack_bin("gameday", &args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             eprint!("{USAGE}");
