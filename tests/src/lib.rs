@@ -636,19 +636,33 @@ pub mod own {
         }
     }
 
-    /// A Redis of this test's own.
+    /// A Redis of this test's own; restarts keep its port (and, like production's cache, not
+    /// its data).
     pub struct Redis {
-        child: Child,
+        child: Option<Child>,
+        port: u16,
         pub url: String,
     }
 
     impl Redis {
         pub async fn start() -> Redis {
             let port = free_port();
+            let mut r = Redis {
+                child: None,
+                port,
+                url: format!("redis://127.0.0.1:{port}"),
+            };
+            r.restart().await;
+            r
+        }
+
+        /// Starts it (again) on the same port.
+        pub async fn restart(&mut self) {
+            self.kill();
             let child = Command::new(binary("KEEL_TEST_REDIS_SERVER"))
                 .args([
                     "--port",
-                    &port.to_string(),
+                    &self.port.to_string(),
                     "--bind",
                     "127.0.0.1",
                     "--save",
@@ -659,16 +673,16 @@ pub mod own {
                 .stdout(Stdio::null())
                 .spawn()
                 .expect("starting redis-server");
-            wait_port(port, "redis").await;
-            Redis {
-                child,
-                url: format!("redis://127.0.0.1:{port}"),
-            }
+            self.child = Some(child);
+            wait_port(self.port, "redis").await;
         }
 
+        /// SIGKILL.
         pub fn kill(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            if let Some(mut c) = self.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
         }
     }
 

@@ -41,8 +41,10 @@ commands:
            text summary, HTML report under target/loadtest/, SLO verdict
   seed [--seed N] [--ci]   synthetic tenants (one of 10,000 users and 1,000,000 documents, a
            long tail of 200 small ones) bulk-loaded with COPY on a throwaway stack
-  gameday key-rotation   rotate a tenant's key under light load: refreshing clients lose
-           nothing, a token of the retained key fails cleanly once it expires
+  gameday key-rotation   rotate a tenant's key under light load, then revoke the retained
+           one: refreshing clients lose nothing, the old key's tokens fail cleanly at once
+  gameday failover   SIGKILL and restart each service and each server under light load:
+           lost, duplicated, recovery times
   fuzz [TARGET] [SECONDS]   run a cargo-fuzz target (default: every target, 60 s each)
 ";
 
@@ -55,7 +57,7 @@ fn main() -> ExitCode {
         Some("bench") => bench(&args[1..]),
         Some("load") => load(&args[1..]),
         Some("seed") => run_stack_bin("seed", &args[1..]),
-        Some("gameday") => run_stack_bin("gameday", &args[1..]),
+        Some("gameday") => gameday(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             eprint!("{USAGE}");
@@ -177,6 +179,32 @@ fn load(args: &[String]) -> Result<ExitCode> {
     run_stack_bin("load", args)
 }
 
+/// `cargo xtask gameday key-rotation|failover`; failover runs the services as release
+/// processes, so they are built first.
+fn gameday(args: &[String]) -> Result<ExitCode> {
+    if args.first().map(String::as_str) == Some("failover") {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let built = Command::new(&cargo)
+            .current_dir(workspace_root())
+            .args(["build", "--quiet", "--release"])
+            .args([
+                "-p",
+                "keel-auth",
+                "-p",
+                "keel-gateway",
+                "-p",
+                "keel-inference",
+            ])
+            .args(["-p", "keel-postproc"])
+            .status()
+            .context("building the services")?;
+        if !built.success() {
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    run_stack_bin("gameday", args)
+}
+
 /// Runs a `keel-tests` binary (release) against servers started for it, then stops them.
 fn run_stack_bin(bin: &str, args: &[String]) -> Result<ExitCode> {
     let root = workspace_root();
@@ -204,6 +232,7 @@ fn run_stack_bin(bin: &str, args: &[String]) -> Result<ExitCode> {
             "KEEL_BENCH_GATEWAY_BIN",
             target_dir(&root).join("release/keel-gateway"),
         )
+        .env("KEEL_GAMEDAY_BIN_DIR", target_dir(&root).join("release"))
         .envs(stack.test_env());
     let status = stack::run_interruptible(&mut cmd, &stop)?;
     drop(stack);

@@ -7,8 +7,12 @@
 //! token is no good lose nothing. Prints a short report and ends with
 //! `faults=… requests=… lost=… duplicated=… max_recovery_s=… verdict=…`; exits non-zero on any
 //! loss or unclean failure.
+//!
+//! `cargo xtask gameday failover`: see [`failover`].
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod failover;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -255,8 +259,9 @@ async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let run = match args.first().map(String::as_str) {
         Some("key-rotation") => key_rotation().await,
+        Some("failover") => failover::run().await,
         _ => {
-            eprintln!("usage: gameday key-rotation");
+            eprintln!("usage: gameday key-rotation|failover");
             return ExitCode::from(2);
         }
     };
