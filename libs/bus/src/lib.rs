@@ -28,6 +28,14 @@ pub use consumer::{ConsumerSpec, Delivery, Handler, HandlerError, run_consumer};
 pub const EVENT_TYPE_HEADER: &str = "Keel-Event-Type";
 /// Header with the payload's schema version; consumers refuse versions they do not know.
 pub const SCHEMA_VERSION_HEADER: &str = "Keel-Schema-Version";
+/// A durable consumer's backlog, as the server reports it.
+#[derive(Debug, Clone)]
+pub struct ConsumerState {
+    pub name: String,
+    pub pending: u64,
+    pub ack_pending: u64,
+}
+
 /// Window in which JetStream drops a re-published `Nats-Msg-Id`: longer than any relay retry
 /// loop, so a relay that crashed between PubAck and marking the row sent publishes no duplicate.
 pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -218,6 +226,23 @@ impl Bus {
     }
 
     /// Checks the connection and that JetStream answers.
+    /// Every durable consumer of the event stream with its backlog: what is not yet delivered
+    /// and what is delivered but not acknowledged.
+    pub async fn consumer_states(&self) -> Result<Vec<ConsumerState>, BusError> {
+        use futures::TryStreamExt;
+        let stream = self.ensure_stream().await?;
+        stream
+            .consumers()
+            .map_err(|e| BusError::Unavailable(e.to_string()))
+            .map_ok(|info| ConsumerState {
+                name: info.name,
+                pending: info.num_pending,
+                ack_pending: info.num_ack_pending as u64,
+            })
+            .try_collect()
+            .await
+    }
+
     pub async fn ping(&self) -> Result<(), BusError> {
         if self.client.connection_state() != async_nats::connection::State::Connected {
             return Err(BusError::Unavailable("not connected".into()));

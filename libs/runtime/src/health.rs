@@ -206,11 +206,22 @@ pub fn grpc_serving(name: &'static str, channel: tonic::transport::Channel) -> C
     })
 }
 
-/// A check that Redis answers PING.
+/// A check that Redis answers PING. Each round also samples the pool's use (USE metrics):
+/// `keel_redis_pool_connections{pool,state="used"|"idle"}`, `keel_redis_pool_max_connections`
+/// and `keel_redis_pool_waiting` (callers queued for a connection).
 pub fn redis_ping(name: &'static str, pool: deadpool_redis::Pool) -> Check {
     Check::new(name, move || {
         let pool = pool.clone();
         async move {
+            let s = pool.status();
+            let used = s.size.saturating_sub(s.available);
+            metrics::gauge!("keel_redis_pool_connections", "pool" => name, "state" => "used")
+                .set(used as f64);
+            metrics::gauge!("keel_redis_pool_connections", "pool" => name, "state" => "idle")
+                .set(s.available as f64);
+            metrics::gauge!("keel_redis_pool_max_connections", "pool" => name)
+                .set(s.max_size as f64);
+            metrics::gauge!("keel_redis_pool_waiting", "pool" => name).set(s.waiting as f64);
             let mut conn = pool.get().await.map_err(|e| e.to_string())?;
             redis::cmd("PING")
                 .query_async::<String>(&mut conn)
@@ -222,21 +233,46 @@ pub fn redis_ping(name: &'static str, pool: deadpool_redis::Pool) -> Check {
 }
 
 /// The Postgres check of a service that owns a schema: applies its migrations once every shard
-/// answers, then pings every shard.
+/// answers, then pings every shard. Each round also samples every shard's pool (USE metrics):
+/// `keel_db_pool_connections{schema,shard,state="used"|"idle"}` and
+/// `keel_db_pool_max_connections{schema,shard}`.
 pub fn postgres(shards: keel_store::Shards, migrator: &'static sqlx::migrate::Migrator) -> Check {
     Check::new("postgres", move || {
         let shards = shards.clone();
-        async move { shards.ready(migrator).await }
+        async move {
+            for (i, pool) in shards.pools().iter().enumerate() {
+                let (schema, shard) = (shards.schema(), i.to_string());
+                let size = pool.size() as f64;
+                let idle = pool.num_idle() as f64;
+                metrics::gauge!("keel_db_pool_connections", "schema" => schema, "shard" => shard.clone(), "state" => "used")
+                    .set((size - idle).max(0.0));
+                metrics::gauge!("keel_db_pool_connections", "schema" => schema, "shard" => shard.clone(), "state" => "idle")
+                    .set(idle);
+                metrics::gauge!("keel_db_pool_max_connections", "schema" => schema, "shard" => shard)
+                    .set(f64::from(pool.options().get_max_connections()));
+            }
+            shards.ready(migrator).await
+        }
     })
 }
 
-/// The NATS check: connected, JetStream answering, the event stream declared.
+/// The NATS check: connected, JetStream answering, the event stream declared. Each round also
+/// samples the stream's durable consumers (USE metrics of the queues):
+/// `keel_nats_consumer_pending{consumer}` (not yet delivered) and
+/// `keel_nats_consumer_ack_pending{consumer}` (delivered, not yet acknowledged).
 pub fn nats(bus: keel_bus::Bus) -> Check {
     Check::new("nats", move || {
         let bus = bus.clone();
         async move {
             bus.ping().await?;
-            bus.ensure_stream().await.map(|_| ())
+            bus.ensure_stream().await?;
+            for c in bus.consumer_states().await? {
+                metrics::gauge!("keel_nats_consumer_pending", "consumer" => c.name.clone())
+                    .set(c.pending as f64);
+                metrics::gauge!("keel_nats_consumer_ack_pending", "consumer" => c.name)
+                    .set(c.ack_pending as f64);
+            }
+            Ok::<(), keel_bus::BusError>(())
         }
     })
 }

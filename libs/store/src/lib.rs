@@ -224,6 +224,11 @@ impl Shards {
         &self.pools[self.map.physical(tenant)]
     }
 
+    /// The schema this service owns (`auth`, `inference`, `postproc`).
+    pub fn schema(&self) -> &'static str {
+        self.schema
+    }
+
     /// Every physical shard, in order (for relays and sweeps that visit all of them).
     pub fn pools(&self) -> &[PgPool] {
         &self.pools

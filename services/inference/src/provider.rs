@@ -184,6 +184,7 @@ impl Providers {
             first_by,
             end_by: started + spec.timeout,
             got_first: false,
+            first_at: None,
             over: false,
             guard,
         };
@@ -341,6 +342,8 @@ struct Timed {
     first_by: Instant,
     end_by: Instant,
     got_first: bool,
+    /// When the first piece came (time per output token is measured from it).
+    first_at: Option<Instant>,
     over: bool,
     guard: Accounting,
 }
@@ -359,6 +362,7 @@ impl Timed {
             Ok(Some(Ok(p))) => {
                 if !self.got_first {
                     self.got_first = true;
+                    self.first_at = Some(Instant::now());
                     let ttft = self.guard.started.elapsed().as_secs_f64();
                     metrics::histogram!("keel_inference_time_to_first_token_seconds", "model_version" => self.version.clone())
                         .record(ttft);
@@ -367,6 +371,15 @@ impl Timed {
                 if let Piece::Done(f) = &p {
                     self.over = true;
                     self.guard.settle();
+                    // Time per output token after the first (the decode speed users feel).
+                    if f.output_tokens > 1
+                        && let Some(first) = self.first_at
+                    {
+                        metrics::histogram!("keel_inference_time_per_output_token_seconds", "model_version" => self.version.clone())
+                            .record(
+                                first.elapsed().as_secs_f64() / f64::from(f.output_tokens - 1),
+                            );
+                    }
                     self.span
                         .record("gen_ai.usage.input_tokens", i64::from(f.input_tokens))
                         .record("gen_ai.usage.output_tokens", i64::from(f.output_tokens));
