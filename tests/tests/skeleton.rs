@@ -335,9 +335,16 @@ async fn one_trace_spans_every_hop_and_every_span_and_line_carries_the_tenant() 
         .filter(|v: &serde_json::Value| v["trace_id"] == trace_hex.as_str())
         .collect();
     assert!(!lines.is_empty(), "no log line carries the trace ID");
+    let span_ids: HashSet<String> = spans
+        .iter()
+        .map(|s| s.span_context.span_id().to_string())
+        .collect();
     for l in &lines {
         assert_eq!(l["tenant_id"], "initech", "{l}");
         assert!(l["correlation_id"].is_string(), "{l}");
+        // ...and the ID of a span of this trace, to jump from the line to its span.
+        let span = l["span_id"].as_str().unwrap_or_default();
+        assert!(span_ids.contains(span), "{l}");
     }
     stack.shutdown().await;
 }

@@ -299,6 +299,7 @@ fn span_of(
         tenant.id = tracing::field::Empty,
         correlation_id = tracing::field::Empty,
         trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
     );
     let correlation = delivery.event_id.clone().unwrap_or_default();
     keel_telemetry::adopt(

@@ -212,6 +212,7 @@ async fn relay_batch(pool: &sqlx::PgPool, bus: &Bus, batch: i64) -> Result<usize
             tenant.id = tracing::field::Empty,
             correlation_id = tracing::field::Empty,
             trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
         );
         keel_telemetry::adopt(
             &span,

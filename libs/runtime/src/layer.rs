@@ -286,6 +286,7 @@ where
             tenant.id = tracing::field::Empty,
             correlation_id = tracing::field::Empty,
             trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
         );
         keel_telemetry::adopt(
             &span,
@@ -358,6 +359,7 @@ where
                         tenant.id = tracing::field::Empty,
                         correlation_id = tracing::field::Empty,
                         trace_id = tracing::field::Empty,
+                        span_id = tracing::field::Empty,
                     );
                     keel_telemetry::adopt(
                         &span,

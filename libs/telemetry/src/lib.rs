@@ -214,8 +214,8 @@ impl SpanProcessor for TenantAttributeProcessor {
 
 /// Makes `span` (freshly created, not yet entered) the child of `parent`, carries the tenant in
 /// the context's baggage (so every descendant span gets `tenant.id`), and records the
-/// `tenant.id`, `correlation_id` and `trace_id` fields the logs show. The span must declare
-/// those three fields as `tracing::field::Empty`.
+/// `tenant.id`, `correlation_id`, `trace_id` and `span_id` fields the logs show. The span must
+/// declare those four fields as `tracing::field::Empty`.
 pub fn adopt(span: &tracing::Span, parent: Context, tenant: Option<&str>, correlation_id: &str) {
     let cx = match tenant {
         Some(t) => {
@@ -227,9 +227,10 @@ pub fn adopt(span: &tracing::Span, parent: Context, tenant: Option<&str>, correl
     // Fails only when no OpenTelemetry layer is installed (then there is nothing to parent).
     let _ = span.set_parent(cx);
     span.record("correlation_id", correlation_id);
-    let trace_id = span.context().span().span_context().trace_id();
-    if trace_id != opentelemetry::trace::TraceId::INVALID {
-        span.record("trace_id", tracing::field::display(trace_id));
+    let own = span.context().span().span_context().clone();
+    if own.trace_id() != opentelemetry::trace::TraceId::INVALID {
+        span.record("trace_id", tracing::field::display(own.trace_id()));
+        span.record("span_id", tracing::field::display(own.span_id()));
     }
 }
 

@@ -1,6 +1,6 @@
 //! One JSON object per line, per event: `timestamp`, `level`, `target`, `message`, the event's
 //! fields, and the request context found on the enclosing spans — `tenant_id`,
-//! `correlation_id`, `trace_id` — so every line of a request can be joined to its trace.
+//! `correlation_id`, `trace_id`, `span_id` — so every line of a request can be joined to its trace.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -50,14 +50,15 @@ impl LogSink for MemorySink {
 }
 
 /// Span fields that are lifted into every log line, as (span field, log key).
-const CONTEXT_FIELDS: [(&str, &str); 3] = [
+const CONTEXT_FIELDS: [(&str, &str); 4] = [
     (crate::TENANT_ATTRIBUTE, "tenant_id"),
     ("correlation_id", "correlation_id"),
     ("trace_id", "trace_id"),
+    ("span_id", "span_id"),
 ];
 
 #[derive(Default)]
-struct ContextFields([Option<String>; 3]);
+struct ContextFields([Option<String>; 4]);
 
 struct ContextVisitor<'a>(&'a mut ContextFields);
 
@@ -145,7 +146,7 @@ where
         if let Some(m) = fields.remove("message") {
             obj.insert("message".into(), m);
         }
-        let mut found: [Option<String>; 3] = Default::default();
+        let mut found: [Option<String>; 4] = Default::default();
         if let Some(scope) = ctx.event_scope(event) {
             let mut first = true;
             for span in scope {
