@@ -131,12 +131,37 @@ async fn only_idempotent_calls_are_retried_and_writes_without_a_key_never() {
     );
     let calls = || flaky.calls.swap(0, Ordering::SeqCst);
 
-    // A read rides out one failure.
+    // A read rides out one failure, and its trace says so (a span event).
     flaky.fail_next.store(1, Ordering::SeqCst);
     docs.get_document(authed(pb::GetDocumentRequest { id: "x".into() }, &token))
         .await
         .unwrap();
     assert_eq!(calls(), 2, "retried once");
+    let retried = eventually(
+        Duration::from_secs(10),
+        "the retry in the trace",
+        || async {
+            Ok(keel_tests::telemetry()
+                .spans
+                .get_finished_spans()
+                .unwrap()
+                .into_iter()
+                .find(|s| s.events.iter().any(|e| e.name == "retrying")))
+        },
+    )
+    .await
+    .unwrap();
+    let event = retried
+        .events
+        .iter()
+        .find(|e| e.name == "retrying")
+        .unwrap();
+    assert!(
+        event
+            .attributes
+            .iter()
+            .any(|kv| kv.key.as_str() == "retry.attempt")
+    );
 
     // A create without an idempotency key is never retried.
     flaky.fail_next.store(1, Ordering::SeqCst);

@@ -126,6 +126,7 @@ where
         tries += 1;
         let Some(permit) = breaker.try_acquire(Instant::now()) else {
             metrics::counter!("keel_breaker_rejected_total").increment(1);
+            tracing::info!("refused by an open circuit breaker");
             return Err(open());
         };
         let started = Instant::now();
@@ -140,7 +141,15 @@ where
                     && budget.withdraw() =>
             {
                 metrics::counter!("keel_retries_total").increment(1);
-                tokio::time::sleep(policy.backoff(tries - 1)).await;
+                let delay = policy.backoff(tries - 1);
+                // A span event on the caller's span: the trace shows each retry and why.
+                tracing::info!(
+                    retry.attempt = tries,
+                    rpc.grpc.status_code = st.code() as i32,
+                    retry.delay_ms = delay.as_millis() as u64,
+                    "retrying"
+                );
+                tokio::time::sleep(delay).await;
             }
             other => return other,
         }
