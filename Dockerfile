@@ -7,8 +7,9 @@
 #   docker build --target inference -t keel/inference .
 #   docker build --target postproc  -t keel/postproc .
 #
-# Every image also carries keelctl (used by the container health checks:
-# `keelctl health --addr http://127.0.0.1:<grpc port>`).
+# Each service binary answers `<binary> healthcheck` (exit 0 when its own gRPC health endpoint
+# reports SERVING), which the compose file and the images' HEALTHCHECK use; every image also
+# carries keelctl for operators.
 
 # ---------------------------------------------------------------------------
 # builder: compiles all binaries once; the stages below only copy them.
@@ -45,6 +46,7 @@ ENV KEEL_AUTH_GRPC_ADDR=0.0.0.0:50052 \
     KEEL_AUTH_HTTP_ADDR=0.0.0.0:8081 \
     KEEL_AUTH_ADMIN_ADDR=0.0.0.0:9092
 EXPOSE 50052 8081 9092
+HEALTHCHECK --interval=5s --timeout=4s --retries=3 CMD ["/usr/local/bin/keel-auth", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/keel-auth"]
 
 FROM runtime AS inference
@@ -52,6 +54,7 @@ COPY --from=builder /out/keel-inference /usr/local/bin/keel-inference
 ENV KEEL_INFERENCE_GRPC_ADDR=0.0.0.0:50053 \
     KEEL_INFERENCE_ADMIN_ADDR=0.0.0.0:9093
 EXPOSE 50053 9093
+HEALTHCHECK --interval=5s --timeout=4s --retries=3 CMD ["/usr/local/bin/keel-inference", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/keel-inference"]
 
 FROM runtime AS postproc
@@ -59,12 +62,15 @@ COPY --from=builder /out/keel-postproc /usr/local/bin/keel-postproc
 ENV KEEL_POSTPROC_GRPC_ADDR=0.0.0.0:50054 \
     KEEL_POSTPROC_ADMIN_ADDR=0.0.0.0:9094
 EXPOSE 50054 9094
+HEALTHCHECK --interval=5s --timeout=4s --retries=3 CMD ["/usr/local/bin/keel-postproc", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/keel-postproc"]
 
 # Last stage: the default when no --target is given.
 FROM runtime AS gateway
 COPY --from=builder /out/keel-gateway /usr/local/bin/keel-gateway
 ENV KEEL_GATEWAY_GRPC_ADDR=0.0.0.0:50051 \
+    KEEL_GATEWAY_HTTP_ADDR=0.0.0.0:8080 \
     KEEL_GATEWAY_ADMIN_ADDR=0.0.0.0:9091
-EXPOSE 50051 9091
+EXPOSE 50051 8080 9091
+HEALTHCHECK --interval=5s --timeout=4s --retries=3 CMD ["/usr/local/bin/keel-gateway", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/keel-gateway"]

@@ -117,3 +117,58 @@ async fn shutdown_is_graceful_and_releases_the_ports() {
         );
     }
 }
+
+/// `keel-postproc healthcheck` (what container health checks run): 0 while the process it
+/// checks serves, 1 once it is gone, 2 on bad configuration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_healthcheck_subcommand_asks_the_service_itself() {
+    #[allow(clippy::disallowed_methods)]
+    let bin = std::env::var("KEEL_TEST_POSTPROC_BIN")
+        .expect("KEEL_TEST_POSTPROC_BIN: run through `cargo xtask test`");
+    let mut stack = TestStack::start().await.unwrap();
+    stack.postproc.take().unwrap().shutdown().await;
+    let grpc = keel_tests::free_port();
+    let env: Vec<(String, String)> = stack
+        .env
+        .clone()
+        .with("KEEL_POSTPROC_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
+        .with(
+            "KEEL_POSTPROC_ADMIN_ADDR",
+            format!("127.0.0.1:{}", keel_tests::free_port()),
+        )
+        .with("RUST_LOG", "error")
+        .pairs()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let check = |env: &[(String, String)]| {
+        std::process::Command::new(&bin)
+            .arg("healthcheck")
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .unwrap()
+    };
+    let mut server = std::process::Command::new(&bin)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let passed = eventually(Duration::from_secs(30), "healthcheck to pass", || async {
+        Ok(check(&env).status.success().then_some(()))
+    })
+    .await;
+    if let Err(e) = passed {
+        let last = check(&env);
+        panic!("{e}: {}", String::from_utf8_lossy(&last.stderr));
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let gone = check(&env);
+    assert_eq!(gone.status.code(), Some(1), "{gone:?}");
+    let mut bad = env.clone();
+    bad.push(("KEEL_POSTPROC_GRPC_ADDR".into(), "not an address".into()));
+    assert_eq!(check(&bad).status.code(), Some(2));
+    stack.shutdown().await;
+}

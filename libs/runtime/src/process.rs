@@ -1,6 +1,10 @@
 //! The body of every service binary's `main`: read the environment once, set up telemetry,
 //! validate configuration before binding anything (exit code 2 with a clear message when it is
 //! wrong), run until SIGTERM or Ctrl-C, shut down gracefully, flush telemetry.
+//!
+//! `<binary> healthcheck` (for container health checks, where images have no shell) reads the
+//! same configuration, asks the service's own gRPC health endpoint, and exits 0 when it reports
+//! SERVING, 1 otherwise (2 on bad configuration).
 
 use std::future::Future;
 use std::process::ExitCode;
@@ -38,13 +42,24 @@ impl StartFailure {
     }
 }
 
-pub fn run<S, F, Fut>(name: &'static str, start: F) -> ExitCode
+/// How long `healthcheck` waits for an answer.
+const HEALTHCHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// `host` reads the service's listener configuration (for `healthcheck`); `start` starts it.
+pub fn run<S, F, Fut>(
+    name: &'static str,
+    host: fn(&Env) -> Result<crate::HostConfig, keel_config::ConfigError>,
+    start: F,
+) -> ExitCode
 where
     S: Service,
     F: FnOnce(Env) -> Fut,
     Fut: Future<Output = Result<S, StartFailure>>,
 {
     let env = Env::from_process();
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        return healthcheck(name, host(&env));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -86,4 +101,65 @@ where
         telemetry.shutdown();
         ExitCode::SUCCESS
     })
+}
+
+fn healthcheck(name: &str, host: Result<crate::HostConfig, keel_config::ConfigError>) -> ExitCode {
+    let host = match host {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("{name} healthcheck: invalid configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    // A server listening on every interface is asked on loopback.
+    let mut addr = host.grpc_addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{name} healthcheck: {e}");
+            return ExitCode::from(EXIT_START);
+        }
+    };
+    let ask = async move {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(|r| r.into_inner().status)
+            .map_err(|st| st.message().to_owned())
+    };
+    // The timer is made inside the runtime (it needs its clock).
+    let asked =
+        runtime.block_on(async move { tokio::time::timeout(HEALTHCHECK_TIMEOUT, ask).await });
+    match asked {
+        Ok(Ok(status))
+            if status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 =>
+        {
+            ExitCode::SUCCESS
+        }
+        Ok(Ok(_)) => {
+            eprintln!("{name} healthcheck: {addr} is NOT_SERVING");
+            ExitCode::from(EXIT_START)
+        }
+        Ok(Err(e)) => {
+            eprintln!("{name} healthcheck: {addr}: {e}");
+            ExitCode::from(EXIT_START)
+        }
+        Err(_) => {
+            eprintln!("{name} healthcheck: {addr} did not answer within {HEALTHCHECK_TIMEOUT:?}");
+            ExitCode::from(EXIT_START)
+        }
+    }
 }

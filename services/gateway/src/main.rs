@@ -3,8 +3,12 @@
 use keel_runtime::process::{StartFailure, run};
 
 fn main() -> std::process::ExitCode {
-    run("keel-gateway", |env| async move {
-        let cfg = keel_gateway::Config::from_env(&env)?;
-        keel_gateway::start(cfg).await.map_err(StartFailure::other)
-    })
+    run(
+        "keel-gateway",
+        |env| keel_gateway::Config::from_env(env).map(|c| c.host),
+        |env| async move {
+            let cfg = keel_gateway::Config::from_env(&env)?;
+            keel_gateway::start(cfg).await.map_err(StartFailure::other)
+        },
+    )
 }

@@ -3,10 +3,14 @@
 use keel_runtime::process::{StartFailure, run};
 
 fn main() -> std::process::ExitCode {
-    run("keel-inference", |env| async move {
-        let cfg = keel_inference::Config::from_env(&env)?;
-        keel_inference::start(cfg)
-            .await
-            .map_err(StartFailure::other)
-    })
+    run(
+        "keel-inference",
+        |env| keel_inference::Config::from_env(env).map(|c| c.host),
+        |env| async move {
+            let cfg = keel_inference::Config::from_env(&env)?;
+            keel_inference::start(cfg)
+                .await
+                .map_err(StartFailure::other)
+        },
+    )
 }
