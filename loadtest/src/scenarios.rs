@@ -21,6 +21,10 @@ pub const INFERENCE_P95_MS: f64 = 2000.0;
 pub const MAX_ERROR_RATE: f64 = 0.001;
 /// Refusals must be cheap: a client told to back off is told at once.
 pub const REFUSAL_P99_MS: f64 = 100.0;
+/// The smoke profile runs debug builds inside the test suite on a shared machine: it checks
+/// that refusals are immediate rather than queued (before the in-flight fix they took seconds),
+/// not the full profile's latency target.
+pub const SMOKE_REFUSAL_P99_MS: f64 = 1000.0;
 /// Calls the generator keeps in flight at most (beyond: it is itself saturated, and says so).
 const MAX_IN_FLIGHT: usize = 20_000;
 /// Every call's own deadline: nothing the generator sends can hang.
@@ -80,6 +84,11 @@ impl Profile {
             Profile::Smoke => "smoke",
             Profile::Full => "full",
         }
+    }
+
+    /// The refusal-latency limit of this profile.
+    fn refusal_p99_ms(self) -> f64 {
+        self.pick(SMOKE_REFUSAL_P99_MS, REFUSAL_P99_MS)
     }
 
     fn pick<T>(self, smoke: T, full: T) -> T {
@@ -591,7 +600,7 @@ async fn ramp(
         checks.push(Check::below(
             "at 2× peak: refusals p99",
             over.refused_ms(0.99),
-            REFUSAL_P99_MS,
+            profile.refusal_p99_ms(),
             "ms",
         ));
     }
@@ -774,7 +783,7 @@ async fn backpressure(
     checks.push(Check::below(
         "refusals are fast (p99)",
         slow.refused_ms(0.99),
-        REFUSAL_P99_MS,
+        profile.refusal_p99_ms(),
         "ms",
     ));
     checks.push(Check::below(
