@@ -68,7 +68,8 @@ pub struct Target {
     pub inference_metrics: Option<std::net::SocketAddr>,
     /// The first-token timeout inference is configured with (timeouts scenario).
     pub first_token_timeout: Duration,
-    /// A slow call of the `keel-tiny-slow` variant takes about this long (backpressure).
+    /// The gateway's bound on calls in flight (`KEEL_GATEWAY_MAX_IN_FLIGHT`): the backpressure
+    /// scenario offers about three times what it can hold.
     pub gateway_max_in_flight: usize,
 }
 
