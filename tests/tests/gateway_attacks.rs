@@ -1,7 +1,10 @@
-//! auth.md's JWT attack table replayed at the gateway: tokens crafted here, some signed with
-//! the tenant's real key (opened from the database with the master key, as an insider with
-//! both would), sent through the gateway. Every one must be refused with UNAUTHENTICATED; the
-//! genuine token next to them must pass.
+//! auth.md's JWT attack table replayed at both of the gateway's public surfaces (gRPC and the
+//! OpenAI-compatible HTTP): tokens crafted here, some signed with the tenant's real key (opened
+//! from the database with the master key, as an insider with both would). Every one must be
+//! refused — UNAUTHENTICATED on gRPC, 401 with a `WWW-Authenticate` challenge and OpenAI's error
+//! shape on HTTP — without echoing the token; the genuine token next to them must pass. Then
+//! token replay: a reused refresh token, an access token after logout, after its session is
+//! revoked, and a tenant's token presented for another tenant.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,7 +12,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use ed25519_dalek::Signer;
 use keel_proto::public as pb;
-use keel_tests::{TestStack, authed};
+use keel_tests::{HttpResponse, TestStack, authed, eventually, http_request};
 use serde_json::{Value, json};
 use sqlx::Row;
 use tonic::Code;
@@ -168,7 +171,16 @@ async fn the_jwt_attack_table_is_refused_at_the_gateway() {
     docs.list_documents(authed(pb::ListDocumentsRequest::default(), &resigned))
         .await
         .expect("the re-signed genuine token passes (the harness is sound)");
+    let ok = models_over_http(&stack, &resigned).await;
+    assert_eq!(
+        ok.status,
+        200,
+        "the genuine token passes over HTTP: {}",
+        ok.text()
+    );
     for (name, token) in rows {
+        let r = models_over_http(&stack, &token).await;
+        assert_refused_over_http(&r, name, &token);
         let st = docs
             .list_documents(authed(pb::ListDocumentsRequest::default(), &token))
             .await
@@ -179,5 +191,176 @@ async fn the_jwt_attack_table_is_refused_at_the_gateway() {
             "{name}: the error must not echo the token"
         );
     }
+    stack.shutdown().await;
+}
+
+/// `GET /v1/models` on the OpenAI-compatible surface with `token` as the bearer.
+async fn models_over_http(stack: &TestStack, token: &str) -> HttpResponse {
+    http_request(
+        stack.gateway_http(),
+        "GET",
+        "/v1/models",
+        &[("Authorization", &format!("Bearer {token}"))],
+        b"",
+    )
+    .await
+    .unwrap()
+}
+
+fn assert_refused_over_http(r: &HttpResponse, name: &str, token: &str) {
+    assert_eq!(r.status, 401, "{name}: {}", r.text());
+    assert!(
+        r.header("www-authenticate")
+            .is_some_and(|c| c.starts_with("Bearer")),
+        "{name}: a 401 carries its Bearer challenge"
+    );
+    let e = r.json();
+    assert_eq!(e["error"]["code"], "UNAUTHENTICATED", "{name}: {e}");
+    assert!(e["error"]["message"].is_string(), "{name}: {e}");
+    assert!(
+        !r.text().contains(&token[..token.len().min(40)]),
+        "{name}: the error must not echo the token"
+    );
+}
+
+/// Refused at both surfaces (revocation reaches the gateway within seconds, so poll).
+async fn wait_refused_everywhere(stack: &TestStack, token: &str, what: &str) {
+    eventually(std::time::Duration::from_secs(10), what, || async {
+        let mut docs = stack.documents().await.unwrap();
+        let grpc = docs
+            .list_documents(authed(pb::ListDocumentsRequest::default(), token))
+            .await;
+        let refused = matches!(&grpc, Err(st) if st.code() == Code::Unauthenticated);
+        Ok(refused.then_some(()))
+    })
+    .await
+    .unwrap();
+    let r = models_over_http(stack, token).await;
+    assert_refused_over_http(&r, what, token);
+}
+
+async fn works_everywhere(stack: &TestStack, token: &str) {
+    let mut docs = stack.documents().await.unwrap();
+    docs.list_documents(authed(pb::ListDocumentsRequest::default(), token))
+        .await
+        .unwrap();
+    assert_eq!(models_over_http(stack, token).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replayed_tokens_are_refused_at_both_surfaces() {
+    use pb::authentication_service_client::AuthenticationServiceClient;
+    let stack = TestStack::start().await.unwrap();
+    stack.create_tenant("acme").await.unwrap();
+    stack.create_tenant("globex").await.unwrap();
+    stack
+        .create_user("acme", "alice", &["member"])
+        .await
+        .unwrap();
+    let mut auth =
+        AuthenticationServiceClient::new(keel_tests::connect(&stack.gateway_url()).await.unwrap());
+    let refresh = |rt: String| {
+        let mut auth = auth.clone();
+        async move {
+            auth.refresh(pb::RefreshRequest {
+                refresh_token: rt,
+                client_id: "keel-tests".into(),
+            })
+            .await
+            .map(|r| r.into_inner())
+        }
+    };
+
+    // 1. A refresh token used twice: the second use is refused and kills the whole family,
+    //    including the access token the first use minted.
+    let (at, rt) = stack.login("acme", "alice").await.unwrap();
+    works_everywhere(&stack, &at).await;
+    let next = refresh(rt.clone()).await.unwrap();
+    works_everywhere(&stack, &next.access_token).await;
+    let st = refresh(rt.clone()).await.unwrap_err();
+    assert_eq!(st.code(), Code::Unauthenticated, "reused refresh: {st:?}");
+    assert_eq!(
+        refresh(next.refresh_token.clone())
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated,
+        "the successor of a reused refresh token dies with its family"
+    );
+    wait_refused_everywhere(&stack, &next.access_token, "access after refresh reuse").await;
+
+    // 2. An access token after logout.
+    let (at, rt) = stack.login("acme", "alice").await.unwrap();
+    works_everywhere(&stack, &at).await;
+    auth.logout(pb::LogoutRequest { refresh_token: rt })
+        .await
+        .unwrap();
+    wait_refused_everywhere(&stack, &at, "access after logout").await;
+
+    // 3. An access token after its session is revoked from another session.
+    let (victim, _) = stack.login("acme", "alice").await.unwrap();
+    let (owner, _) = stack.login("acme", "alice").await.unwrap();
+    let sessions = auth
+        .list_sessions(authed(pb::ListSessionsRequest {}, &victim))
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    let current = sessions.iter().find(|s| s.current).unwrap();
+    auth.revoke_session(authed(
+        pb::RevokeSessionRequest {
+            session_id: current.session_id.clone(),
+        },
+        &owner,
+    ))
+    .await
+    .unwrap();
+    wait_refused_everywhere(&stack, &victim, "access after session revocation").await;
+    works_everywhere(&stack, &owner).await;
+
+    // 4. Tenant A's token presented at tenant B: the tenant comes from the token, and a
+    //    `keel-tenant-id` that disagrees is refused on both surfaces.
+    let mut docs = stack.documents().await.unwrap();
+    let mut req = authed(pb::ListDocumentsRequest::default(), &owner);
+    req.metadata_mut()
+        .insert("keel-tenant-id", "globex".parse().unwrap());
+    let st = docs.list_documents(req).await.unwrap_err();
+    assert!(
+        matches!(st.code(), Code::Unauthenticated | Code::PermissionDenied),
+        "{st:?}"
+    );
+    let r = http_request(
+        stack.gateway_http(),
+        "GET",
+        "/v1/models",
+        &[
+            ("Authorization", &format!("Bearer {owner}")),
+            ("keel-tenant-id", "globex"),
+        ],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert!(matches!(r.status, 401 | 403), "{}", r.text());
+    // A genuine globex token does not open acme's documents either: each sees its own.
+    let globex = stack.tenant_token("globex").await.unwrap();
+    let id = docs
+        .create_document(authed(
+            pb::CreateDocumentRequest {
+                title: "acme only".into(),
+                content: "secret".into(),
+                ..Default::default()
+            },
+            &owner,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let st = docs
+        .get_document(authed(pb::GetDocumentRequest { id: id.clone() }, &globex))
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::NotFound, "{st:?}");
     stack.shutdown().await;
 }

@@ -350,6 +350,17 @@ async fn r2_r21_code_flow_with_pkce_issues_working_tokens_and_an_id_token_r14() 
         !works(&stack, idt).await,
         "an ID token must not pass as an access token"
     );
+    // Nor on the OpenAI-compatible surface.
+    let r = http_request(
+        stack.gateway_http(),
+        "GET",
+        "/v1/models",
+        &[("Authorization", &format!("Bearer {idt}"))],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 401, "an ID token over HTTP: {}", r.text());
 
     // userinfo, with the profile scope.
     let u = http_request(

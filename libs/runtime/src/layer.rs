@@ -97,38 +97,55 @@ impl RequestLayer {
     }
 }
 
-/// tonic refuses an over-large request while decoding it with a bare OUT_OF_RANGE; give it the
-/// reason and limit every other refusal carries (INVALID_ARGUMENT, field `message`).
-fn precise_size_refusal<RB: Default>(r: http::Response<RB>) -> http::Response<RB> {
+/// tonic refuses a request it cannot decode with bare statuses: OUT_OF_RANGE for an over-large
+/// message, INTERNAL for bytes that are not the method's protobuf message (malformed wire data,
+/// a string field that is not UTF-8). Both are the client's fault; give them the reason and
+/// field every other refusal carries (INVALID_ARGUMENT, field `message`, plus `limit_bytes` or
+/// `cause: malformed`), so a client can tell its bad input from our failure.
+fn precise_refusal<RB: Default>(r: http::Response<RB>) -> http::Response<RB> {
     let h = r.headers();
-    let too_large = h.get("grpc-status").is_some_and(|v| v == "11")
-        && h.get("grpc-message")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|m| {
-                m.contains("message%20length%20too%20large")
-                    || m.contains("message length too large")
-            });
-    if !too_large {
+    let code = h.get("grpc-status").and_then(|v| v.to_str().ok());
+    if !matches!(code, Some("11" | "13")) {
         return r;
     }
-    let said = h
-        .get("grpc-message")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .replace("%20", " ")
-        .replace("%3A", ":");
-    let limit = said
-        .rsplit("limit is:")
-        .next()
-        .and_then(|t| t.split_whitespace().next())
-        .unwrap_or("")
-        .to_owned();
-    keel_errors::status(
-        keel_errors::Reason::InvalidArgument,
-        format!("the request is too large: at most {limit} bytes"),
-        vec![("field", "message".into()), ("limit_bytes", limit)],
-    )
-    .into_http::<RB>()
+    let Some(st) = tonic::Status::from_header_map(h) else {
+        return r;
+    };
+    let said = st.message();
+    if st.code() == tonic::Code::OutOfRange && said.contains("message length too large") {
+        let limit = said
+            .rsplit("limit is:")
+            .next()
+            .and_then(|t| t.split_whitespace().next())
+            .unwrap_or("")
+            .to_owned();
+        return keel_errors::status(
+            keel_errors::Reason::InvalidArgument,
+            format!("the request is too large: at most {limit} bytes"),
+            vec![("field", "message".into()), ("limit_bytes", limit)],
+        )
+        .into_http::<RB>();
+    }
+    // tonic's own refusal carries no details; an INTERNAL relayed from a downstream hop does
+    // (its reason), and stays what it is.
+    if st.code() == tonic::Code::Internal
+        && st.details().is_empty()
+        && said.starts_with("failed to decode Protobuf message")
+    {
+        // prost's own words name the field and the fault ("Document.title: invalid string
+        // value: data is not UTF-8 encoded"); they hold no data of the request.
+        let detail = said
+            .trim_start_matches("failed to decode Protobuf message")
+            .trim_start_matches(':')
+            .trim();
+        return keel_errors::status(
+            keel_errors::Reason::InvalidArgument,
+            format!("the request is not a valid message for this method: {detail}"),
+            vec![("field", "message".into()), ("cause", "malformed".into())],
+        )
+        .into_http::<RB>();
+    }
+    r
 }
 
 /// Health and reflection answer even when the server sheds load.
@@ -372,7 +389,7 @@ where
                 }
             };
             let total = started.elapsed();
-            let res = res.map(precise_size_refusal::<RB>);
+            let res = res.map(precise_refusal::<RB>);
             let res = res.map(|mut r| {
                 for (k, v) in extra_headers {
                     r.headers_mut().append(k, v);

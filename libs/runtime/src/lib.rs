@@ -11,6 +11,7 @@
 
 pub mod context;
 pub mod health;
+pub mod http;
 pub mod layer;
 pub mod process;
 mod tasks;
@@ -52,6 +53,8 @@ pub struct HostConfig {
     pub readiness_interval: Duration,
     /// Load shedding: gRPC calls in flight beyond this are refused at once (`None`: no bound).
     pub max_in_flight: Option<usize>,
+    /// Timeouts and caps of the public HTTP listener, when the service has one.
+    pub http_limits: http::HttpLimits,
 }
 
 impl HostConfig {
@@ -75,6 +78,7 @@ impl HostConfig {
             max_in_flight: env.optional(&format!("{prefix}_MAX_IN_FLIGHT"))?,
             readiness_interval: env
                 .duration("KEEL_READINESS_INTERVAL", DEFAULT_READINESS_INTERVAL)?,
+            http_limits: http::HttpLimits::from_env(env)?,
         })
     }
 }
@@ -166,17 +170,8 @@ impl Host {
         });
         if let Some((listener, router)) = http {
             let token = tasks.token();
-            tasks.spawn("http-server", async move {
-                let result = axum::serve(
-                    listener,
-                    router.into_make_service_with_connect_info::<SocketAddr>(),
-                )
-                .with_graceful_shutdown(token.cancelled_owned())
-                .await;
-                if let Err(e) = result {
-                    tracing::error!(error = %e, "HTTP server failed");
-                }
-            });
+            let limits = cfg.http_limits.clone();
+            tasks.spawn("http-server", http::serve(listener, router, limits, token));
         }
         let admin_router = health::admin_router(readiness.clone());
         let token = tasks.token();
