@@ -11,7 +11,8 @@
 //!   drops the response body and with it the upstream call.
 //!
 //! Headers are capped at [`MAX_HEADER_BYTES`] (431 beyond it) and connections at
-//! [`HttpLimits::max_connections`] (further ones are closed at accept).
+//! [`HttpLimits::max_connections`] (further ones are closed at accept). The gRPC listener
+//! shares the write-stall bound ([`StallGuard`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -175,8 +176,10 @@ fn count_closed(e: &hyper::Error) {
     tracing::debug!(error = %e, cause, "HTTP connection closed");
 }
 
-/// A connection that fails its writes when they make no progress for `stall`.
-struct StallGuard<T> {
+/// A connection that fails its writes when they make no progress for `stall`. Both listeners
+/// use it: on HTTP/2 (gRPC) a client that stops reading its socket stalls every stream of the
+/// connection the same way.
+pub(crate) struct StallGuard<T> {
     inner: T,
     stall: Duration,
     /// Armed while a write is pending, disarmed by any progress.
@@ -184,7 +187,7 @@ struct StallGuard<T> {
 }
 
 impl<T> StallGuard<T> {
-    fn new(inner: T, stall: Duration) -> Self {
+    pub(crate) fn new(inner: T, stall: Duration) -> Self {
         StallGuard {
             inner,
             stall,
@@ -205,6 +208,13 @@ impl<T> StallGuard<T> {
             ))),
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+impl tonic::transport::server::Connected for StallGuard<TcpStream> {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
     }
 }
 

@@ -31,6 +31,10 @@ pub use tasks::Tasks;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 /// TCP keepalive on accepted gRPC connections: finds dead peers behind NATs and load balancers.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// HTTP/2 PINGs on idle gRPC connections, and how long an answer may take: a frozen or vanished
+/// client is found within ~40 s; a live one answers in milliseconds.
+const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often dependency checks run.
 pub const DEFAULT_READINESS_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -153,13 +157,22 @@ impl Host {
             spec.gate,
             cfg.max_in_flight,
         );
+        let write_stall = cfg.http_limits.write_stall;
         tasks.spawn("grpc-server", async move {
             // Small gRPC frames must leave at once: without TCP_NODELAY, Nagle's algorithm and
             // the peer's delayed ACKs hold responses for tens of milliseconds.
             let incoming = tonic::transport::server::TcpIncoming::from(grpc)
                 .with_nodelay(Some(true))
                 .with_keepalive(Some(TCP_KEEPALIVE));
+            // A client that stops reading its socket must not hold its calls for ever.
+            let incoming = futures::StreamExt::map(incoming, move |conn| {
+                conn.map(|c| http::StallGuard::new(c, write_stall))
+            });
             let result = tonic::transport::Server::builder()
+                // A client that vanished or froze (no PING answered) releases its streams:
+                // HTTP/2 flow control would otherwise hold them open for ever.
+                .http2_keepalive_interval(Some(HTTP2_PING_INTERVAL))
+                .http2_keepalive_timeout(Some(HTTP2_PING_TIMEOUT))
                 .layer(layer)
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
