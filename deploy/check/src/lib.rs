@@ -9,6 +9,8 @@
 //!   over every rendered object, and over the gateway's route table;
 //! * [`routes`] — the route table as the policy reads it, built from
 //!   `keel_gateway::routes::ROUTES` and the limits the gate applies to each kind of access;
+//! * [`gitlab`] — `.gitlab-ci.yml`: stages, jobs with `extends:` merged, their commands, the
+//!   stage order of `needs:`, and a scanner for secret literals;
 //! * [`dockerfile`] and [`workspace`] — what the Dockerfile copies and names, against the
 //!   repository and the workspace's binaries (`cargo metadata`);
 //! * [`yaml`] and [`objects`] — multi-document YAML into JSON values, and reading them.
@@ -17,6 +19,7 @@
 //! share. Nothing here talks to a cluster or a registry.
 
 pub mod dockerfile;
+pub mod gitlab;
 pub mod kustomize;
 pub mod objects;
 pub mod policy;
@@ -59,4 +62,7 @@ pub enum CheckError {
     },
     #[error("policy: {0}")]
     Policy(String),
+    /// A pipeline file GitLab would refuse, or one this crate cannot read.
+    #[error("{what}: {msg}")]
+    Pipeline { what: String, msg: String },
 }
