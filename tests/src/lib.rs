@@ -684,6 +684,21 @@ pub mod own {
                 let _ = c.wait();
             }
         }
+
+        /// The server's process ID while it runs.
+        pub fn pid(&self) -> Option<u32> {
+            self.child.as_ref().map(Child::id)
+        }
+
+        /// SIGSTOP: a stall (connections stay open, nothing answers) until [`Redis::resume`].
+        pub fn pause(&self) {
+            signal(self.pid(), "-STOP");
+        }
+
+        /// SIGCONT after [`Redis::pause`].
+        pub fn resume(&self) {
+            signal(self.pid(), "-CONT");
+        }
     }
 
     impl Drop for Redis {
@@ -742,6 +757,21 @@ pub mod own {
                 let _ = c.kill();
                 let _ = c.wait();
             }
+        }
+
+        /// The server's process ID while it runs.
+        pub fn pid(&self) -> Option<u32> {
+            self.child.as_ref().map(Child::id)
+        }
+
+        /// SIGSTOP: a stall (connections stay open, nothing answers) until [`Nats::resume`].
+        pub fn pause(&self) {
+            signal(self.pid(), "-STOP");
+        }
+
+        /// SIGCONT after [`Nats::pause`].
+        pub fn resume(&self) {
+            signal(self.pid(), "-CONT");
         }
     }
 
@@ -900,6 +930,34 @@ pub mod own {
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
+
+        /// The postmaster's process ID while it runs.
+        pub fn pid(&self) -> Option<u32> {
+            self.child.as_ref().map(Child::id)
+        }
+
+        /// SIGSTOP to the postmaster, then to every process it forked (each backend is a
+        /// session of its own, out of reach of a process-group signal): a stall (connections
+        /// stay open, nothing answers, no new backend starts) until [`Postgres::resume`].
+        pub fn pause(&self) {
+            signal(self.pid(), "-STOP");
+            for child in children(self.pid()) {
+                // A backend may have exited since it was listed.
+                let _ = Command::new("kill")
+                    .args(["-STOP", &child.to_string()])
+                    .status();
+            }
+        }
+
+        /// SIGCONT to the postmaster's children, then to the postmaster.
+        pub fn resume(&self) {
+            for child in children(self.pid()) {
+                let _ = Command::new("kill")
+                    .args(["-CONT", &child.to_string()])
+                    .status();
+            }
+            signal(self.pid(), "-CONT");
+        }
     }
 
     impl Drop for Postgres {
@@ -907,6 +965,32 @@ pub mod own {
             self.kill();
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+
+    /// Sends `sig` (`-STOP`, `-CONT`) to a server's process.
+    fn signal(pid: Option<u32>, sig: &str) {
+        let pid = pid.expect("the server is running").to_string();
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid}");
+    }
+
+    /// The processes whose parent is `pid` (from `/proc/<pid>/stat`).
+    fn children(pid: Option<u32>) -> Vec<u32> {
+        let parent = pid.expect("the server is running").to_string();
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| {
+            let child: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+            // `pid (comm) state ppid …`; comm may hold spaces and parentheses.
+            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
+            (ppid == parent).then_some(child)
+        })
+        .collect()
     }
 }
 

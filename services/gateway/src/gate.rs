@@ -333,12 +333,17 @@ impl AuthGate {
     }
 
     async fn revoked_in_redis(&self, tenant: &TenantId, sid: &str) -> Result<bool, String> {
-        let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
-        redis::cmd("EXISTS")
-            .arg(tenant.redis_key(&format!("{}:revoked", self.redis_prefix), sid))
-            .query_async(&mut conn)
+        // Bounded like the limiter's round trips: a stalled Redis must not hold the call.
+        self.limiter
+            .round_trip(async {
+                let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
+                redis::cmd("EXISTS")
+                    .arg(tenant.redis_key(&format!("{}:revoked", self.redis_prefix), sid))
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
             .await
-            .map_err(|e| e.to_string())
     }
 
     /// Charges the call to its buckets: the response headers when admitted, the refusal when

@@ -254,6 +254,14 @@ return 1
 
 /// How often the fallback warns while Redis is away.
 const WARN_EVERY: Duration = Duration::from_secs(10);
+/// One Redis round trip of the gateway (pool checkout included) gets this long. A healthy
+/// Redis answers in well under a millisecond; the rest is room for a process saturated by
+/// load, where a tighter bound (250 ms was tried) failed healthy round trips by the hundred.
+pub const REDIS_OP_TIMEOUT: Duration = Duration::from_secs(1);
+/// After a round trip failed, Redis counts as away this long: calls meanwhile decide at once
+/// without it (fallback, unchecked revocation, or refusal when fail-closed) rather than each
+/// waiting out its own timeout.
+pub const REDIS_RETRY_AFTER: Duration = Duration::from_millis(500);
 
 pub struct Limiter {
     redis: deadpool_redis::Pool,
@@ -265,6 +273,8 @@ pub struct Limiter {
     local: Mutex<Local>,
     leases: Mutex<HashMap<String, Lease>>,
     last_warning: Mutex<Option<Instant>>,
+    /// Set when a round trip failed: until then Redis is not tried ([`REDIS_RETRY_AFTER`]).
+    away_until: Mutex<Option<Instant>>,
 }
 
 impl Limiter {
@@ -285,7 +295,32 @@ impl Limiter {
             local: Mutex::default(),
             leases: Mutex::default(),
             last_warning: Mutex::new(None),
+            away_until: Mutex::new(None),
         }
+    }
+
+    /// One Redis round trip (the limiter's, or the gate's revocation check), bounded by
+    /// [`REDIS_OP_TIMEOUT`]; while Redis counts as away, an error at once. Without the bound a
+    /// stalled Redis (SIGSTOP: connections open, nothing answers) held every call until it came
+    /// back: the pool has no checkout timeout and the calls queued for its few connections
+    /// (found by `tests/tests/stalls.rs`). A script that timed out may still run when Redis
+    /// resumes: the call is charged twice, stricter, never looser.
+    pub(crate) async fn round_trip<T>(
+        &self,
+        op: impl std::future::Future<Output = Result<T, String>>,
+    ) -> Result<T, String> {
+        if let Ok(away) = self.away_until.lock()
+            && away.is_some_and(|until| Instant::now() < until)
+        {
+            return Err("redis is away (a round trip failed moments ago)".into());
+        }
+        let r = tokio::time::timeout(REDIS_OP_TIMEOUT, op)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer from redis within {REDIS_OP_TIMEOUT:?}")));
+        if let Ok(mut away) = self.away_until.lock() {
+            *away = r.is_err().then(|| Instant::now() + REDIS_RETRY_AFTER);
+        }
+        r
     }
 
     /// The bucket keys of a tenant's caller: the tenant's and the user's.
@@ -317,7 +352,7 @@ impl Limiter {
         if amount == 0 {
             return;
         }
-        let redis = async {
+        let redis = self.round_trip(async {
             let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
             let mut inv = self.refund_script.prepare_invoke();
             inv.arg(amount);
@@ -327,7 +362,7 @@ impl Limiter {
             inv.invoke_async::<i64>(&mut conn)
                 .await
                 .map_err(|e| e.to_string())
-        };
+        });
         if redis.await.is_err()
             && let Ok(mut local) = self.local.lock()
         {
@@ -458,18 +493,19 @@ impl Limiter {
     }
 
     async fn check_redis(&self, keys: &[(String, Rate)], cost: u32) -> Result<Decision, String> {
-        let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
-        let mut inv = self.script.prepare_invoke();
-        inv.arg(cost);
-        for (k, rate) in keys {
-            inv.key(k)
-                .arg(rate.interval_us().round() as i64)
-                .arg(rate.tolerance_us().round() as i64);
-        }
-        let (ok, a, b, tight): (i64, i64, i64, usize) = inv
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (ok, a, b, tight): (i64, i64, i64, usize) = self
+            .round_trip(async {
+                let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
+                let mut inv = self.script.prepare_invoke();
+                inv.arg(cost);
+                for (k, rate) in keys {
+                    inv.key(k)
+                        .arg(rate.interval_us().round() as i64)
+                        .arg(rate.tolerance_us().round() as i64);
+                }
+                inv.invoke_async(&mut conn).await.map_err(|e| e.to_string())
+            })
+            .await?;
         let limit = keys
             .get(tight.saturating_sub(1))
             .map_or(0, |(_, r)| r.burst);
