@@ -215,7 +215,43 @@ async fn one_shard_down_only_its_tenants_see_errors() {
     tokio::time::sleep(BEFORE).await;
     pg.kill();
     let killed_at = Instant::now();
-    tokio::time::sleep(OUTAGE).await;
+    // Readiness stays SERVING on the shard that answers (a balancer must not pull every
+    // replica, and with it every tenant, for one shard), and says which shard is down.
+    tokio::time::sleep(OUTAGE / 2).await;
+    for (name, host) in [
+        ("auth", stack.auth.as_ref()),
+        ("inference", stack.inference.as_ref()),
+        ("postproc", stack.postproc.as_ref()),
+    ] {
+        let host = host.unwrap();
+        let url = format!("http://{}", host.grpc_addr());
+        assert_eq!(
+            keel_tests::health_status(&url).await.unwrap(),
+            1,
+            "{name} went NOT_SERVING for one shard of two"
+        );
+    }
+    // A ping of the dead shard ends at the pool's acquire timeout (2 s): poll for its verdict.
+    let admin = stack.inference.as_ref().unwrap().admin_addr();
+    keel_tests::eventually(
+        OUTAGE / 2,
+        "keel_db_shard_up of shard 1 to read 0",
+        || async move {
+            let metrics = keel_tests::admin_get(admin, "/metrics").await?.1;
+            Ok(metrics
+                .lines()
+                .any(|l| {
+                    l.starts_with("keel_db_shard_up{")
+                        && l.contains("schema=\"inference\"")
+                        && l.contains("shard=\"1\"")
+                        && l.ends_with(" 0")
+                })
+                .then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep((killed_at + OUTAGE).saturating_duration_since(Instant::now())).await;
     pg.restart().await;
     let restarted_at = Instant::now();
     tokio::time::sleep(AFTER).await;

@@ -233,7 +233,9 @@ pub fn redis_ping(name: &'static str, pool: deadpool_redis::Pool) -> Check {
 }
 
 /// The Postgres check of a service that owns a schema: applies its migrations once every shard
-/// answers, then pings every shard. Each round also samples every shard's pool (USE metrics):
+/// answers, then passes while any shard answers (one shard down costs only its tenants; see
+/// `Shards::ready`), exporting `keel_db_shard_up{schema,shard}`. Each round also samples every
+/// shard's pool (USE metrics):
 /// `keel_db_pool_connections{schema,shard,state="used"|"idle"}` and
 /// `keel_db_pool_max_connections{schema,shard}`.
 pub fn postgres(shards: keel_store::Shards, migrator: &'static sqlx::migrate::Migrator) -> Check {
@@ -251,7 +253,12 @@ pub fn postgres(shards: keel_store::Shards, migrator: &'static sqlx::migrate::Mi
                 metrics::gauge!("keel_db_pool_max_connections", "schema" => schema, "shard" => shard)
                     .set(f64::from(pool.options().get_max_connections()));
             }
-            shards.ready(migrator).await
+            let up = shards.ready(migrator).await?;
+            for (i, up) in up.into_iter().enumerate() {
+                metrics::gauge!("keel_db_shard_up", "schema" => shards.schema(), "shard" => i.to_string())
+                    .set(if up { 1.0 } else { 0.0 });
+            }
+            Ok::<(), keel_store::StoreError>(())
         }
     })
 }

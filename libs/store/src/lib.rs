@@ -202,12 +202,35 @@ impl Shards {
     }
 
     /// The readiness check of a service that owns a schema: applies its migrations the first
-    /// time every shard answers, then pings every shard.
-    pub async fn ready(&self, migrator: &'static Migrator) -> Result<(), StoreError> {
+    /// time every shard answers; after that the service is ready while **any** shard answers.
+    /// One shard down must cost only its own tenants: were readiness to need every shard, a
+    /// balancer would take every replica out of rotation and all tenants would lose service.
+    /// Each shard's state is in the answer (`keel_db_shard_up` is exported from it).
+    pub async fn ready(&self, migrator: &'static Migrator) -> Result<Vec<bool>, StoreError> {
         self.migrated
             .get_or_try_init(|| self.migrate(migrator))
             .await?;
-        self.ping().await
+        let pings = self.ping_each().await;
+        let up: Vec<bool> = pings.iter().map(Result::is_ok).collect();
+        if up.iter().any(|u| *u) {
+            return Ok(up);
+        }
+        match pings.into_iter().find_map(Result::err) {
+            Some(e) => Err(e),
+            None => Ok(up),
+        }
+    }
+
+    /// Pings every shard at once, each bounded by the pool's acquire timeout.
+    pub async fn ping_each(&self) -> Vec<Result<(), StoreError>> {
+        futures::future::join_all(self.pools.iter().map(|pool| async move {
+            sqlx::query("SELECT 1")
+                .execute(pool)
+                .await
+                .map(|_| ())
+                .map_err(StoreError::from)
+        }))
+        .await
     }
 
     /// Whether [`Shards::ready`] has applied the migrations (work that needs the schema waits).

@@ -317,16 +317,32 @@ impl KeyStore {
         if !keel_token::kid_is_well_formed(kid) {
             return Ok(None);
         }
-        for pool in self.shards.pools() {
-            if let Some(row) = sqlx::query("SELECT * FROM signing_keys WHERE kid = $1")
-                .bind(kid)
-                .fetch_optional(pool)
-                .await?
-            {
-                return row_to_record(&row).map(Some);
+        // Every shard at once, answering as soon as one has the key: a shard that is down (or
+        // slow) costs only the tenants it holds, not every key lookup behind it in order.
+        use futures::StreamExt;
+        let mut lookups: futures::stream::FuturesUnordered<_> = self
+            .shards
+            .pools()
+            .iter()
+            .map(|pool| {
+                sqlx::query("SELECT * FROM signing_keys WHERE kid = $1")
+                    .bind(kid)
+                    .fetch_optional(pool)
+            })
+            .collect();
+        let mut failed = None;
+        while let Some(found) = lookups.next().await {
+            match found {
+                Ok(Some(row)) => return row_to_record(&row).map(Some),
+                Ok(None) => {}
+                Err(e) => failed = Some(e),
             }
         }
-        Ok(None)
+        // Not found on the shards that answered: unknown only if every shard answered.
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(None),
+        }
     }
 
     /// The tenant's published keys: pending, active, and retained ones still verifying.

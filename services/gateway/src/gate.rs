@@ -77,6 +77,8 @@ struct KeyCache {
     window: Instant,
     unknown_fetches: u32,
     known_refreshes: u32,
+    /// Known keys being re-confirmed in the background (one refresh per kid at a time).
+    refreshing: std::collections::HashSet<String>,
 }
 
 impl KeyCache {
@@ -102,7 +104,9 @@ pub struct AuthGate {
     key_directory: KeyDirectoryClient<Channel>,
     redis: deadpool_redis::Pool,
     tenants: Mutex<HashMap<TenantId, (Instant, Resolved)>>,
-    keys: Mutex<KeyCache>,
+    keys: Arc<Mutex<KeyCache>>,
+    /// Owns the background refreshes of known keys.
+    tasks: keel_runtime::Tasks,
     /// Tokens verified recently (expiry and key re-checked on every hit).
     verified: keel_token::VerifiedCache,
     sessions: Mutex<HashMap<String, Instant>>,
@@ -147,6 +151,57 @@ fn bounded_insert<K: std::hash::Hash + Eq, V>(
     map.insert(k, v);
 }
 
+/// Asks auth for `kid`: `Ok(None)` when auth does not know it (or answers with a key this
+/// gateway cannot use), `Err` when auth could not answer.
+async fn fetch_key(
+    mut directory: KeyDirectoryClient<Channel>,
+    kid: &str,
+) -> Result<Option<KeyRecord>, tonic::Status> {
+    let mut req = tonic::Request::new(keel_proto::auth::GetVerificationKeyRequest {
+        kid: kid.to_owned(),
+    });
+    req.set_timeout(DIRECTORY_TIMEOUT);
+    let k = match directory.get_verification_key(req).await {
+        Ok(resp) => resp.into_inner(),
+        Err(st) if st.code() == tonic::Code::NotFound => return Ok(None),
+        Err(st) => return Err(st),
+    };
+    let public: Option<[u8; 32]> = k.public_key.try_into().ok();
+    Ok(
+        match (
+            TenantId::parse(&k.tenant_id),
+            public.and_then(|p| ed25519_dalek::VerifyingKey::from_bytes(&p).ok()),
+            KeyState::parse(&k.state),
+        ) {
+            (Ok(tenant), Some(public), Some(state))
+                if k.alg == keel_token::ALG_EDDSA && k.kid == kid =>
+            {
+                Some(KeyRecord {
+                    kid: k.kid,
+                    tenant,
+                    public,
+                    state,
+                    valid_from: k.valid_from_unix,
+                    verify_until: (k.verify_until_unix > 0).then_some(k.verify_until_unix),
+                })
+            }
+            _ => None,
+        },
+    )
+}
+
+fn store_key(keys: &Mutex<KeyCache>, kid: &str, fetched: Option<KeyRecord>) {
+    if let Ok(mut cache) = keys.lock() {
+        bounded_insert(
+            &mut cache.entries,
+            kid.to_owned(),
+            (Instant::now(), fetched),
+            // Known keys survive a flood of made-up kids; unknown ones go first.
+            |_, (at, k)| k.is_some() && at.elapsed() < KEY_MAX_STALENESS,
+        );
+    }
+}
+
 impl AuthGate {
     pub fn new(
         issuer_base: String,
@@ -155,8 +210,10 @@ impl AuthGate {
         redis: deadpool_redis::Pool,
         fail_closed: bool,
         anonymous: crate::limits::Rate,
+        tasks: keel_runtime::Tasks,
     ) -> Self {
         AuthGate {
+            tasks,
             limiter: Arc::new(Limiter::new(
                 redis.clone(),
                 redis_prefix.clone(),
@@ -172,12 +229,13 @@ impl AuthGate {
             redis,
             tenants: Mutex::new(HashMap::new()),
             verified: keel_token::VerifiedCache::default(),
-            keys: Mutex::new(KeyCache {
+            keys: Arc::new(Mutex::new(KeyCache {
                 entries: HashMap::new(),
                 window: Instant::now(),
                 unknown_fetches: 0,
                 known_refreshes: 0,
-            }),
+                refreshing: std::collections::HashSet::new(),
+            })),
             sessions: Mutex::new(HashMap::new()),
             clock: SystemClock,
         }
@@ -235,6 +293,12 @@ impl AuthGate {
     }
 
     /// Makes sure the key cache has a fresh answer for `kid` (fetching at a bounded rate).
+    ///
+    /// A known key that is due for re-confirmation keeps serving while auth is asked in the
+    /// background (one refresh per kid at a time): no call waits on auth for a key it already
+    /// knows, so auth's latency — or a shard of auth's that is down — never sits in the hot
+    /// path; a revocation still lands within `KEY_REFRESH` plus one round trip. Unknown kids,
+    /// and known keys not confirmed for `KEY_MAX_STALENESS`, are fetched before answering.
     async fn ensure_key(&self, kid: &str) -> Result<(), tonic::Status> {
         {
             let Ok(mut cache) = self.keys.lock() else {
@@ -254,13 +318,38 @@ impl AuthGate {
                 cache.known_refreshes = 0;
             }
             if known {
+                let usable = cache.usable_stale(kid);
                 if cache.known_refreshes >= KNOWN_KEY_REFRESHES_PER_SECOND {
                     // Over budget: a recently confirmed key keeps working a while.
-                    return if cache.usable_stale(kid) {
+                    return if usable {
                         Ok(())
                     } else {
                         Err(unavailable("auth"))
                     };
+                }
+                if usable {
+                    if cache.refreshing.insert(kid.to_owned()) {
+                        cache.known_refreshes += 1;
+                        let (directory, keys, kid) = (
+                            self.key_directory.clone(),
+                            self.keys.clone(),
+                            kid.to_owned(),
+                        );
+                        self.tasks.spawn("key-refresh", async move {
+                            match fetch_key(directory, &kid).await {
+                                Ok(fetched) => store_key(&keys, &kid, fetched),
+                                Err(st) => tracing::warn!(
+                                    code = ?st.code(),
+                                    error = st.message(),
+                                    "key directory unavailable; serving the key auth confirmed last"
+                                ),
+                            }
+                            if let Ok(mut cache) = keys.lock() {
+                                cache.refreshing.remove(&kid);
+                            }
+                        });
+                    }
+                    return Ok(());
                 }
                 cache.known_refreshes += 1;
             } else {
@@ -271,60 +360,17 @@ impl AuthGate {
                 cache.unknown_fetches += 1;
             }
         }
-        let mut req = tonic::Request::new(keel_proto::auth::GetVerificationKeyRequest {
-            kid: kid.to_owned(),
-        });
-        req.set_timeout(DIRECTORY_TIMEOUT);
-        let fetched = match self.key_directory.clone().get_verification_key(req).await {
-            Ok(resp) => {
-                let k = resp.into_inner();
-                let public: Option<[u8; 32]> = k.public_key.try_into().ok();
-                match (
-                    TenantId::parse(&k.tenant_id),
-                    public.and_then(|p| ed25519_dalek::VerifyingKey::from_bytes(&p).ok()),
-                    KeyState::parse(&k.state),
-                ) {
-                    (Ok(tenant), Some(public), Some(state))
-                        if k.alg == keel_token::ALG_EDDSA && k.kid == kid =>
-                    {
-                        Some(KeyRecord {
-                            kid: k.kid,
-                            tenant,
-                            public,
-                            state,
-                            valid_from: k.valid_from_unix,
-                            verify_until: (k.verify_until_unix > 0).then_some(k.verify_until_unix),
-                        })
-                    }
-                    _ => None,
-                }
+        match fetch_key(self.key_directory.clone(), kid).await {
+            Ok(fetched) => {
+                store_key(&self.keys, kid, fetched);
+                Ok(())
             }
-            Err(st) if st.code() == tonic::Code::NotFound => None,
             Err(st) => {
-                tracing::warn!(code = ?st.code(), message = st.message(), "key directory unavailable");
-                // Keep serving with a key auth confirmed recently; refuse what we cannot check.
-                let known = self
-                    .keys
-                    .lock()
-                    .map(|c| c.usable_stale(kid))
-                    .unwrap_or(false);
-                return if known {
-                    Ok(())
-                } else {
-                    Err(unavailable("auth"))
-                };
+                tracing::warn!(code = ?st.code(), error = st.message(), "key directory unavailable");
+                // Refuse what we cannot check.
+                Err(unavailable("auth"))
             }
-        };
-        if let Ok(mut cache) = self.keys.lock() {
-            bounded_insert(
-                &mut cache.entries,
-                kid.to_owned(),
-                (Instant::now(), fetched),
-                // Known keys survive a flood of made-up kids; unknown ones go first.
-                |_, (at, k)| k.is_some() && at.elapsed() < KEY_MAX_STALENESS,
-            );
         }
-        Ok(())
     }
 
     /// The shared limiter (model-token budgets are charged by the inference edge).

@@ -139,6 +139,7 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
     let redis = deadpool_redis::Config::from_url(cfg.redis_url.clone())
         .create_pool(Some(deadpool_redis::Runtime::Tokio1))
         .map_err(|e| StartError::Redis(e.to_string()))?;
+    let tasks = Tasks::new();
     let gate = Arc::new(gate::AuthGate::new(
         cfg.issuer_base.clone(),
         cfg.redis_prefix.clone(),
@@ -146,8 +147,8 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
         redis.clone(),
         cfg.redis_fail_closed,
         cfg.anonymous_rate,
+        tasks.clone(),
     ));
-    let tasks = Tasks::new();
     let inference_edge = Arc::new(grpc::InferenceGateway::new(
         inference.clone(),
         gate.limiter(),
