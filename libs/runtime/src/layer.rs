@@ -47,6 +47,11 @@ pub struct Caller {
 #[derive(Debug, Clone, Copy)]
 pub struct DownstreamTime(pub std::time::Duration);
 
+/// When the server took the call, in the request's extensions: handlers give upstream calls
+/// what is left of the client's deadline, not the whole of it again after the gate's work.
+#[derive(Debug, Clone, Copy)]
+pub struct CallStarted(pub Instant);
+
 /// What a gate decided for an admitted call.
 #[derive(Debug, Default)]
 pub struct Admission {
@@ -344,6 +349,7 @@ where
                 gauge: in_flight,
             };
             let mut req = req;
+            req.extensions_mut().insert(CallStarted(started));
             let peer = req
                 .extensions()
                 .get::<tonic::transport::server::TcpConnectInfo>()

@@ -23,7 +23,7 @@ use keel_config::{ConfigError, Env};
 use tokio::net::TcpListener;
 
 pub use health::{Check, Readiness};
-pub use layer::{Admission, Caller, DownstreamTime, Gate, GateFuture};
+pub use layer::{Admission, CallStarted, Caller, DownstreamTime, Gate, GateFuture};
 pub use tasks::Tasks;
 
 /// Time in-flight work gets to finish after a shutdown signal before it is abandoned: shorter

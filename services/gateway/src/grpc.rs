@@ -105,13 +105,18 @@ fn caller<T>(req: &Request<T>) -> Result<&Caller, Status> {
     })
 }
 
-/// The time a call may take upstream: the client's deadline, or ours when it is shorter.
+/// The time a call may take upstream: what is left of the client's deadline (it started when
+/// the call arrived, before the gate's work), or ours when that is shorter.
 fn time_allowed<T>(req: &Request<T>, ours: Duration) -> Duration {
+    let spent = req
+        .extensions()
+        .get::<keel_runtime::CallStarted>()
+        .map_or(Duration::ZERO, |s| s.0.elapsed());
     req.metadata()
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
         .and_then(parse_grpc_timeout)
-        .map_or(ours, |d| d.min(ours))
+        .map_or(ours, |d| d.saturating_sub(spent).min(ours))
 }
 
 /// `grpc-timeout` is `<digits><unit>` with unit H, M, S, m, u or n.
@@ -838,6 +843,36 @@ impl pb::authentication_service_server::AuthenticationService for Authentication
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstream_calls_get_what_is_left_of_the_clients_deadline() {
+        let mut req = Request::new(());
+        req.metadata_mut()
+            .insert("grpc-timeout", "3S".parse().unwrap());
+        // No start recorded: the whole deadline, capped by ours.
+        assert_eq!(
+            time_allowed(&req, Duration::from_secs(5)),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            time_allowed(&req, Duration::from_secs(1)),
+            Duration::from_secs(1)
+        );
+        // Two seconds already spent in the gateway: at most one left.
+        req.extensions_mut().insert(keel_runtime::CallStarted(
+            std::time::Instant::now() - Duration::from_secs(2),
+        ));
+        let left = time_allowed(&req, Duration::from_secs(5));
+        assert!(
+            left <= Duration::from_secs(1) && left > Duration::from_millis(900),
+            "{left:?}"
+        );
+        // All of it spent: nothing left, the upstream call fails at once.
+        req.extensions_mut().insert(keel_runtime::CallStarted(
+            std::time::Instant::now() - Duration::from_secs(4),
+        ));
+        assert_eq!(time_allowed(&req, Duration::from_secs(5)), Duration::ZERO);
+    }
 
     #[test]
     fn grpc_timeouts_parse() {
