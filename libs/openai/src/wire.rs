@@ -21,7 +21,11 @@ pub struct ChatRequest {
     pub messages: Vec<Message>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "finite::option"
+    )]
     pub temperature: Option<f32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
@@ -116,6 +120,7 @@ pub struct EmbeddingData {
     pub object: String,
     #[serde(default)]
     pub index: u32,
+    #[serde(deserialize_with = "finite::vec")]
     pub embedding: Vec<f32>,
 }
 
@@ -150,6 +155,29 @@ pub struct ErrorBody {
 /// The terminal `data:` payload of a stream.
 pub const DONE: &str = "[DONE]";
 
+/// `f32` fields that must be finite. serde_json reads a number beyond `f32`'s range (`1e39`)
+/// as infinity, which JSON cannot carry back (it is written as `null`): such a number is
+/// refused like any other invalid value instead of travelling on as infinity.
+mod finite {
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    fn check<E: Error>(v: f32) -> Result<f32, E> {
+        if v.is_finite() {
+            Ok(v)
+        } else {
+            Err(E::custom("number out of range for a 32-bit float"))
+        }
+    }
+
+    pub fn option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f32>, D::Error> {
+        Option::<f32>::deserialize(d)?.map(check).transpose()
+    }
+
+    pub fn vec<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f32>, D::Error> {
+        Vec::<f32>::deserialize(d)?.into_iter().map(check).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +193,25 @@ mod tests {
             r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#;
         let c: ChatChunk = serde_json::from_str(usage_only).unwrap();
         assert_eq!(c.usage.unwrap().completion_tokens, 2);
+    }
+
+    /// Found by the `openai_request` fuzz target: `"temperature": 6e38` parsed as infinity,
+    /// which serialized as `null`, so the body did not survive a round trip; an upstream's
+    /// embedding value beyond `f32` became an infinite component.
+    #[test]
+    fn numbers_beyond_f32_are_refused_not_read_as_infinity() {
+        let hot = r#"{"model":"m","messages":[],"temperature":6e38}"#;
+        assert!(serde_json::from_str::<ChatRequest>(hot).is_err());
+        let r: ChatRequest =
+            serde_json::from_str(r#"{"model":"m","messages":[],"temperature":0.5}"#).unwrap();
+        assert_eq!(r.temperature, Some(0.5));
+        let r: ChatRequest = serde_json::from_str(r#"{"model":"m","messages":[]}"#).unwrap();
+        assert_eq!(r.temperature, None);
+        let big = r#"{"data":[{"embedding":[0.5,-1e39]}]}"#;
+        assert!(serde_json::from_str::<EmbeddingsResponse>(big).is_err());
+        let max = r#"{"data":[{"embedding":[0.5,3.4028235e38]}]}"#;
+        let e: EmbeddingsResponse = serde_json::from_str(max).unwrap();
+        assert_eq!(e.data[0].embedding, vec![0.5, f32::MAX]);
     }
 
     #[test]
