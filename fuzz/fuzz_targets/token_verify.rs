@@ -22,16 +22,30 @@ fn keys() -> &'static Keys {
     static K: OnceLock<Keys> = OnceLock::new();
     K.get_or_init(|| {
         let tenant = TenantId::parse("acme").expect("valid");
-        let key = SigningKey::from_seed("AAAAAAAAAAAAAAAAAAAAAA".into(), tenant.clone(), &[7u8; 32]);
-        let rec = KeyRecord { kid: key.kid.clone(), tenant, public: key.public(), state: KeyState::Active, valid_from: 0, verify_until: None };
+        let key =
+            SigningKey::from_seed("AAAAAAAAAAAAAAAAAAAAAA".into(), tenant.clone(), &[7u8; 32]);
+        let rec = KeyRecord {
+            kid: key.kid.clone(),
+            tenant,
+            public: key.public(),
+            state: KeyState::Active,
+            valid_from: 0,
+            verify_until: None,
+        };
         Keys(HashMap::from([(rec.kid.clone(), rec)]))
     })
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(token) = std::str::from_utf8(data) else { return };
+    let Ok(token) = std::str::from_utf8(data) else {
+        return;
+    };
     let clock = ManualClock::at(1_800_000_000);
     let _ = keel_token::peek_kid(token);
-    let result = Verifier { issuer_base: "https://auth.keel.test", clock: &clock }.verify(token, keys());
+    let result = Verifier {
+        issuer_base: "https://auth.keel.test",
+        clock: &clock,
+    }
+    .verify(token, keys());
     assert!(result.is_err(), "an unsigned input verified");
 });

@@ -45,7 +45,8 @@ commands:
            one: refreshing clients lose nothing, the old key's tokens fail cleanly at once
   gameday failover   SIGKILL and restart each service and each server under light load:
            lost, duplicated, recovery times
-  fuzz [TARGET] [SECONDS]   run a cargo-fuzz target (default: every target, 60 s each)
+  fuzz [TARGET|all] [SECONDS] [--ci]   cargo-fuzz targets (default: every target, 60 s
+           each; --ci: every target, 10 s each); fails if any crashes
 ";
 
 fn main() -> ExitCode {
@@ -281,21 +282,137 @@ const FUZZ_TARGETS: &[&str] = &[
     "authorize_request",
     "token_request",
     "upstream_stream",
+    "request_validators",
+    "openai_request",
+    "event_decode",
+    "authspec",
 ];
 
-/// `cargo xtask fuzz [TARGET] [SECONDS]`: installs cargo-fuzz when missing and runs libFuzzer on
-/// the stable toolchain (`RUSTC_BOOTSTRAP=1` unlocks the sanitizer flags cargo-fuzz passes).
-/// New inputs go to `fuzz/target/corpus/<target>`; the committed seeds stay as they are.
+/// Seconds per target of `cargo xtask fuzz --ci`: enough for libFuzzer to replay the seeds and
+/// mutate them for a while; with the build, every target stays within CI's budget for fuzzing.
+const FUZZ_CI_SECONDS: u64 = 10;
+
+/// How every target is built (the same for `build` and `run`, or cargo rebuilds): debug
+/// assertions on (so integer overflow panics, as in tests), no sanitizer (keel forbids
+/// `unsafe`, and AddressSanitizer's instrumentation of the services' whole dependency tree
+/// costs build time and executions), and 16 codegen units instead of cargo-fuzz's 1, so the
+/// two cores build in parallel (the cold build of the request validators' dependencies is
+/// the bulk of `cargo xtask fuzz --ci`).
+const FUZZ_BUILD_FLAGS: &[&str] = &[
+    "--sanitizer",
+    "none",
+    "--debug-assertions",
+    "--codegen-units",
+    "16",
+];
+
+/// One target's run, as libFuzzer reported it.
+struct FuzzRun {
+    target: &'static str,
+    seconds: f64,
+    executions: Option<u64>,
+    crashed: bool,
+}
+
+/// `cargo xtask fuzz [TARGET|all] [SECONDS]` (default: every target, 60 s each) and
+/// `cargo xtask fuzz --ci` (every target, `FUZZ_CI_SECONDS` each): installs cargo-fuzz when
+/// missing, builds every target once, and runs libFuzzer on the stable toolchain
+/// (`RUSTC_BOOTSTRAP=1` unlocks the sanitizer flags cargo-fuzz passes). Every target runs even
+/// when an earlier one crashed; the command fails if any did, naming the crash artifacts. New
+/// inputs go to `fuzz/target/corpus/<target>`; the committed seeds stay as they are. The last
+/// line is one `key=value` summary.
 fn fuzz(args: &[String]) -> Result<ExitCode> {
     let root = workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let have = Command::new(&cargo)
+    let ci = args.iter().any(|a| a == "--ci");
+    let mut targets: Vec<&'static str> = FUZZ_TARGETS.to_vec();
+    let mut seconds: u64 = if ci { FUZZ_CI_SECONDS } else { 60 };
+    for a in args.iter().filter(|a| *a != "--ci") {
+        if let Ok(n) = a.parse::<u64>() {
+            seconds = n.max(1);
+        } else if let Some(t) = FUZZ_TARGETS.iter().find(|t| **t == a.as_str()) {
+            targets = vec![*t];
+        } else if a != "all" {
+            anyhow::bail!("unknown fuzz target {a:?}; known: all, {FUZZ_TARGETS:?}");
+        }
+    }
+    ensure_fuzz_tools(&cargo)?;
+    let started = Instant::now();
+    let fuzz_dir = root.join("fuzz");
+    // One build of every target (the runs below then only check it is fresh).
+    eprintln!("xtask: building the fuzz targets");
+    let built = Command::new(&cargo)
+        .current_dir(&fuzz_dir)
+        .env("RUSTC_BOOTSTRAP", "1")
+        .args(["fuzz", "build"])
+        .args(FUZZ_BUILD_FLAGS)
+        .status()
+        .context("cargo fuzz build")?;
+    if !built.success() {
+        anyhow::bail!("building the fuzz targets failed");
+    }
+    let build_secs = started.elapsed().as_secs_f64();
+    eprintln!("xtask: fuzz targets built in {build_secs:.0}s");
+    let mut runs = Vec::new();
+    for t in targets {
+        runs.push(fuzz_one(&cargo, &fuzz_dir, t, seconds)?);
+    }
+    eprintln!("xtask: fuzz summary ({seconds}s per target)");
+    for r in &runs {
+        eprintln!(
+            "  {:<20} {:>5.0} s  {:>12} executions  {} crashes",
+            r.target,
+            r.seconds,
+            r.executions.map_or("?".to_owned(), |n| n.to_string()),
+            u32::from(r.crashed)
+        );
+    }
+    let crashed: Vec<&str> = runs
+        .iter()
+        .filter(|r| r.crashed)
+        .map(|r| r.target)
+        .collect();
+    let executions: u64 = runs.iter().filter_map(|r| r.executions).sum();
+    for t in &crashed {
+        eprintln!("xtask: fuzz target {t} FAILED (crash artifacts under fuzz/artifacts/{t})");
+    }
+    println!(
+        "fuzz targets={} seconds_each={seconds} executions={executions} crashes={} build_s={build_secs:.0} total_s={:.0}",
+        runs.len(),
+        crashed.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(if crashed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// cargo-fuzz (`cargo install --locked`), and the C++ compiler libfuzzer-sys builds libFuzzer
+/// with (`apt-get install g++` where it is missing and apt is there).
+fn ensure_fuzz_tools(cargo: &str) -> Result<()> {
+    if !["c++", "g++", "clang++"].iter().any(|c| on_path(c)) {
+        if !on_path("apt-get") {
+            anyhow::bail!("fuzzing needs a C++ compiler (g++ or clang++) to build libFuzzer");
+        }
+        eprintln!("xtask: installing g++ with apt-get (libFuzzer is C++)");
+        let ok = Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", "g++"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            anyhow::bail!("apt-get install g++ failed; install a C++ compiler and retry");
+        }
+    }
+    let have = Command::new(cargo)
         .args(["fuzz", "--version"])
         .output()
         .is_ok_and(|o| o.status.success());
     if !have {
         eprintln!("xtask: installing cargo-fuzz");
-        let ok = Command::new(&cargo)
+        let ok = Command::new(cargo)
             .args(["install", "cargo-fuzz", "--locked"])
             .status()?
             .success();
@@ -303,36 +420,60 @@ fn fuzz(args: &[String]) -> Result<ExitCode> {
             anyhow::bail!("cargo install cargo-fuzz failed");
         }
     }
-    let targets: Vec<&str> = match args.first() {
-        Some(t) if FUZZ_TARGETS.contains(&t.as_str()) => vec![t.as_str()],
-        Some(t) if t.parse::<u64>().is_err() => {
-            anyhow::bail!("unknown fuzz target {t:?}; known: {FUZZ_TARGETS:?}")
-        }
-        _ => FUZZ_TARGETS.to_vec(),
-    };
-    let seconds: u64 = args.iter().find_map(|a| a.parse().ok()).unwrap_or(60);
-    for t in targets {
-        let out = root.join("fuzz/target/corpus").join(t);
-        ensure_dir(&out)?;
-        eprintln!("xtask: fuzzing {t} for {seconds}s");
-        let status = Command::new(&cargo)
-            .current_dir(root.join("fuzz"))
-            .env("RUSTC_BOOTSTRAP", "1")
-            .args(["fuzz", "run", t])
-            .arg(&out)
-            .arg(format!("corpus/{t}"))
-            .args([
-                "--",
-                &format!("-max_total_time={seconds}"),
-                "-print_final_stats=1",
-            ])
-            .status()?;
-        if !status.success() {
-            eprintln!("xtask: fuzz target {t} FAILED (crash artifacts under fuzz/artifacts/{t})");
-            return Ok(ExitCode::FAILURE);
+    Ok(())
+}
+
+/// Runs one target for `seconds`, passing libFuzzer's output through and reading its final
+/// statistics (`-print_final_stats=1`).
+fn fuzz_one(
+    cargo: &str,
+    fuzz_dir: &std::path::Path,
+    t: &'static str,
+    seconds: u64,
+) -> Result<FuzzRun> {
+    use std::io::BufRead;
+    let out = fuzz_dir.join("target/corpus").join(t);
+    ensure_dir(&out)?;
+    eprintln!("xtask: fuzzing {t} for {seconds}s");
+    let started = Instant::now();
+    let mut child = Command::new(cargo)
+        .current_dir(fuzz_dir)
+        .env("RUSTC_BOOTSTRAP", "1")
+        .args(["fuzz", "run"])
+        .args(FUZZ_BUILD_FLAGS)
+        .arg(t)
+        .arg(&out)
+        .arg(format!("corpus/{t}"))
+        .args([
+            "--",
+            &format!("-max_total_time={seconds}"),
+            // An input that takes this long is a hang: reported like a crash.
+            "-timeout=25",
+            "-print_final_stats=1",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cargo fuzz run {t}"))?;
+    let mut executions = None;
+    if let Some(stderr) = child.stderr.take() {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let line = line?;
+            if let Some(n) = line
+                .strip_prefix("stat::number_of_executed_units:")
+                .and_then(|n| n.trim().parse().ok())
+            {
+                executions = Some(n);
+            }
+            eprintln!("{line}");
         }
     }
-    Ok(ExitCode::SUCCESS)
+    let status = child.wait()?;
+    Ok(FuzzRun {
+        target: t,
+        seconds: started.elapsed().as_secs_f64(),
+        executions,
+        crashed: !status.success(),
+    })
 }
 
 fn stack_only() -> Result<ExitCode> {
