@@ -962,3 +962,59 @@ async fn admins_change_a_users_roles_and_the_scopes_follow_at_refresh() {
     );
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_login_budget() {
+    // The test's connections come from 127.0.0.1: that is the "ingress" here.
+    let stack = TestStack::start_with(|e| {
+        e.with("KEEL_GATEWAY_TRUSTED_PROXIES", "127.0.0.1/32, ::1")
+            .with("KEEL_GATEWAY_ANONYMOUS_BURST", "4")
+            .with("KEEL_GATEWAY_ANONYMOUS_RATE", "0.1")
+    })
+    .await
+    .unwrap();
+    setup(&stack).await;
+    let url = stack.gateway_url();
+    let login = |forwarded_for: &'static str| {
+        let url = url.clone();
+        async move {
+            let mut c = pb::authentication_service_client::AuthenticationServiceClient::new(
+                connect(&url).await.unwrap(),
+            );
+            let mut req = tonic::Request::new(pb::LoginRequest {
+                tenant_id: "acme".into(),
+                username: "alice".into(),
+                password: TEST_PASSWORD.into(),
+                client_id: "t".into(),
+            });
+            // What the ingress appends; a client's own forged entry sits to its left.
+            req.metadata_mut().insert(
+                "x-forwarded-for",
+                format!("198.51.100.99, {forwarded_for}").parse().unwrap(),
+            );
+            c.login(req).await
+        }
+    };
+    // One client spends its budget (the stack's own setup logged in directly, not through a
+    // forwarded address)...
+    let mut refused = None;
+    for _ in 0..8 {
+        if let Err(st) = login("203.0.113.1").await {
+            refused = Some(st);
+            break;
+        }
+    }
+    let st = refused.expect("the first client is limited");
+    assert_eq!(
+        (st.code(), reason(&st)),
+        (Code::ResourceExhausted, "RATE_LIMITED")
+    );
+    // ...while another client behind the same proxy still logs in, and the forged entry the
+    // first one could put in front changes nothing for it.
+    login("203.0.113.2").await.unwrap();
+    assert_eq!(
+        login("203.0.113.1").await.unwrap_err().code(),
+        Code::ResourceExhausted
+    );
+    stack.shutdown().await;
+}

@@ -107,6 +107,8 @@ pub struct AuthGate {
     keys: Arc<Mutex<KeyCache>>,
     /// Owns the background refreshes of known keys.
     tasks: keel_runtime::Tasks,
+    /// Whose `x-forwarded-for` names the client of a login flow.
+    trusted_proxies: crate::forwarded::TrustedProxies,
     /// Tokens verified recently (expiry and key re-checked on every hit).
     verified: keel_token::VerifiedCache,
     sessions: Mutex<HashMap<String, Instant>>,
@@ -203,27 +205,27 @@ fn store_key(keys: &Mutex<KeyCache>, kid: &str, fetched: Option<KeyRecord>) {
 }
 
 impl AuthGate {
+    /// The gate of the gateway configured by `cfg` (issuer, Redis prefix and failure mode, the
+    /// anonymous budget, trusted proxies); `tasks` owns its background key refreshes.
     pub fn new(
-        issuer_base: String,
-        redis_prefix: String,
+        cfg: &crate::Config,
         auth: Channel,
         redis: deadpool_redis::Pool,
-        fail_closed: bool,
-        anonymous: crate::limits::Rate,
         tasks: keel_runtime::Tasks,
     ) -> Self {
         AuthGate {
             tasks,
+            trusted_proxies: cfg.trusted_proxies.clone(),
             limiter: Arc::new(Limiter::new(
                 redis.clone(),
-                redis_prefix.clone(),
-                fail_closed,
-                anonymous,
+                cfg.redis_prefix.clone(),
+                cfg.redis_fail_closed,
+                cfg.anonymous_rate,
             )),
-            fail_closed,
+            fail_closed: cfg.redis_fail_closed,
             last_revocation_warning: Mutex::new(None),
-            issuer_base,
-            redis_prefix,
+            issuer_base: cfg.issuer_base.clone(),
+            redis_prefix: cfg.redis_prefix.clone(),
             directory: TenantDirectoryClient::new(auth.clone()),
             key_directory: KeyDirectoryClient::new(auth),
             redis,
@@ -583,7 +585,8 @@ impl Gate for AuthGate {
             let (scope, step_up) = match route.access {
                 // Login flows carry no caller: limited per source address.
                 Access::Anonymous => {
-                    let keys = self.limiter.source_keys(peer.map(|p| p.ip()));
+                    let client = self.trusted_proxies.client(peer.map(|p| p.ip()), headers);
+                    let keys = self.limiter.source_keys(client);
                     return Ok(Admission {
                         caller: None,
                         response_headers: self

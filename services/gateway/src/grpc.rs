@@ -674,13 +674,19 @@ impl pb::audit_service_server::AuditService for PostprocGateway {
 pub struct AuthenticationGateway {
     auth: keel_proto::auth::authentication_client::AuthenticationClient<Channel>,
     timeout: Duration,
+    trusted_proxies: crate::forwarded::TrustedProxies,
 }
 
 impl AuthenticationGateway {
-    pub fn new(auth: Channel, timeout: Duration) -> Self {
+    pub fn new(
+        auth: Channel,
+        timeout: Duration,
+        trusted_proxies: crate::forwarded::TrustedProxies,
+    ) -> Self {
         AuthenticationGateway {
             auth: keel_proto::auth::authentication_client::AuthenticationClient::new(auth),
             timeout,
+            trusted_proxies,
         }
     }
 
@@ -704,9 +710,16 @@ impl pb::authentication_service_server::AuthenticationService for Authentication
         &self,
         req: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
-        // The source address from the transport (a client cannot set this metadata: only
-        // `authorization` is copied from its request).
-        let source = req.remote_addr().map(|a| a.ip().to_string());
+        // The source address from the transport, or from `x-forwarded-for` when a trusted
+        // proxy sent it (a client cannot set `keel-client-ip`: only `authorization` is copied
+        // from its request).
+        let source = self
+            .trusted_proxies
+            .client(
+                req.remote_addr().map(|a| a.ip()),
+                &req.metadata().clone().into_headers(),
+            )
+            .map(|ip| ip.to_string());
         let mut up = self.upstream(req);
         if let Some(ip) = source.and_then(|ip| tonic::metadata::MetadataValue::try_from(ip).ok()) {
             up.metadata_mut().insert("keel-client-ip", ip);

@@ -4,8 +4,10 @@
 //!
 //! * [`Config`] / [`Application`] — listeners, upstream channels, readiness on auth and inference.
 //! * [`routes`] — the route table; [`gate`] — admission; [`limits`] — tier rate limits shared
-//!   through Redis; [`grpc`] — the public services.
+//!   through Redis; [`grpc`] — the public services; [`forwarded`] — the client's address
+//!   behind trusted proxies.
 
+pub mod forwarded;
 pub mod gate;
 pub mod grpc;
 pub mod limits;
@@ -55,6 +57,8 @@ pub struct Config {
     pub redis_fail_closed: bool,
     /// The per-source budget of the anonymous methods (login flows).
     pub anonymous_rate: limits::Rate,
+    /// Proxies (an ingress, a load balancer) whose `x-forwarded-for` names the client.
+    pub trusted_proxies: forwarded::TrustedProxies,
     /// The circuit breaker in front of inference.
     pub breaker: keel_resilience::BreakerConfig,
     /// Post-processing (`KEEL_POSTPROC_URL`), which serves metered usage; unset: `GetUsage`
@@ -107,6 +111,7 @@ impl Config {
                 per_second: env.or("KEEL_GATEWAY_ANONYMOUS_RATE", limits::ANONYMOUS.per_second)?,
                 burst: env.or("KEEL_GATEWAY_ANONYMOUS_BURST", limits::ANONYMOUS.burst)?,
             },
+            trusted_proxies: env.or("KEEL_GATEWAY_TRUSTED_PROXIES", Default::default())?,
         })
     }
 }
@@ -141,12 +146,9 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
         .map_err(|e| StartError::Redis(e.to_string()))?;
     let tasks = Tasks::new();
     let gate = Arc::new(gate::AuthGate::new(
-        cfg.issuer_base.clone(),
-        cfg.redis_prefix.clone(),
+        &cfg,
         auth.clone(),
         redis.clone(),
-        cfg.redis_fail_closed,
-        cfg.anonymous_rate,
         tasks.clone(),
     ));
     let inference_edge = Arc::new(grpc::InferenceGateway::new(
@@ -203,7 +205,11 @@ pub async fn start(cfg: Config) -> Result<Host, StartError> {
     )
     .add_service(
         keel_proto::public::authentication_service_server::AuthenticationServiceServer::new(
-            grpc::AuthenticationGateway::new(auth.clone(), cfg.upstream_timeout),
+            grpc::AuthenticationGateway::new(
+                auth.clone(),
+                cfg.upstream_timeout,
+                cfg.trusted_proxies.clone(),
+            ),
         )
         .max_decoding_message_size(MAX_AUTH_MESSAGE_BYTES),
     );
