@@ -196,6 +196,9 @@ pub fn reason_of(st: &Status) -> Reason {
     {
         return r;
     }
+    if is_transport_failure(st) {
+        return Reason::Unavailable;
+    }
     match st.code() {
         Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
             Reason::InvalidArgument
@@ -211,6 +214,21 @@ pub fn reason_of(st: &Status) -> Reason {
         Code::Unimplemented => Reason::NotImplemented,
         Code::Ok | Code::Unknown | Code::Internal | Code::DataLoss => Reason::Internal,
     }
+}
+
+/// Whether tonic made this status on our side of a call because the connection failed — reset,
+/// closed mid-call (the peer was killed), or out of step after a network fault (an HTTP/2
+/// protocol error) — rather than receiving it from the peer. tonic reports these as UNKNOWN
+/// ("transport error") or INTERNAL ("h2 protocol error: …"), but the peer did not fail
+/// internally: it could not be reached, which gRPC's status-code guide calls UNAVAILABLE
+/// (retryable for idempotent calls). Such a status carries the transport error as its
+/// `source()`; a status received from a peer never has one.
+///
+/// Found by `cargo xtask chaos`: with inference SIGKILLed, or the gateway's link to it
+/// blackholed and restored, reads reached clients as INTERNAL "internal error" and were never
+/// retried.
+pub fn is_transport_failure(st: &Status) -> bool {
+    matches!(st.code(), Code::Unknown | Code::Internal) && std::error::Error::source(st).is_some()
 }
 
 /// Re-raises a status received from another keel service unchanged in reason and code, so a
@@ -260,6 +278,24 @@ fn known_detail_key(k: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_broken_connection_is_unavailable_not_internal() {
+        // What tonic hands a client when the connection fails mid-call.
+        let broken = Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset",
+        )));
+        assert_eq!(broken.code(), Code::Unknown);
+        assert!(is_transport_failure(&broken));
+        assert_eq!(reason_of(&broken), Reason::Unavailable);
+        assert_eq!(forward(broken).code(), Code::Unavailable);
+        // The same codes received from a peer stay internal errors.
+        for received in [Status::unknown("boom"), Status::internal("boom")] {
+            assert!(!is_transport_failure(&received));
+            assert_eq!(reason_of(&received), Reason::Internal);
+        }
+    }
 
     #[test]
     fn every_reason_is_in_the_proto_registry() {

@@ -136,7 +136,9 @@ where
         match result {
             Err(st)
                 if idempotent
-                    && is_transient(st.code())
+                    // A connection that broke mid-call is UNAVAILABLE too, whatever code tonic
+                    // gave it (see `keel_errors::is_transport_failure`).
+                    && (is_transient(st.code()) || keel_errors::is_transport_failure(&st))
                     && tries < policy.max_attempts
                     && budget.withdraw() =>
             {
@@ -173,6 +175,23 @@ mod tests {
             base: Duration::from_millis(1),
             cap: Duration::from_millis(2),
         }
+    }
+
+    #[tokio::test]
+    async fn a_broken_connection_is_retried_like_unavailable() {
+        let breaker = Breaker::new("r", BreakerConfig::default());
+        let budget = RetryBudget::new(0.2, 100.0);
+        let calls = AtomicU32::new(0);
+        let r: Result<(), Status> = call(&breaker, &budget, &quick(), true, open, || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(Status::from_error(Box::new(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "connection reset",
+            ))))
+        })
+        .await;
+        assert!(r.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]

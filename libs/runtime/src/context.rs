@@ -79,12 +79,30 @@ pub fn outgoing<T>(message: T, tenant: &TenantId) -> tonic::Request<T> {
 /// means it is down, and the call should fail rather than wait.
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How long a connection to another keel service may go without receiving anything before it
+/// is asked for a sign of life (an HTTP/2 PING), and how long the answer may take before the
+/// connection is closed and the next call dials a new one. A live peer answers a PING in
+/// milliseconds even while its handlers are busy; the bound is generous for loaded machines.
+pub const UPSTREAM_PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+pub const UPSTREAM_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A channel to another keel service that connects on first use (so services may start in any
-/// order) with `TCP_NODELAY` and a short connect timeout.
+/// order) with `TCP_NODELAY`, a short connect timeout, and HTTP/2 PINGs that find a dead
+/// connection within [`UPSTREAM_PING_INTERVAL`] + [`UPSTREAM_PING_TIMEOUT`].
+///
+/// Without the PINGs nothing ever closes a connection that stopped answering without a FIN or
+/// RST (a blackholed network path, a peer that lost its half of the HTTP/2 state): every call
+/// on it runs into its deadline, the breaker's probes too, for as long as the kernel keeps the
+/// TCP connection (many minutes). Found by `cargo xtask chaos`: after a 4 s blackhole between
+/// the gateway and inference, the gateway's channel stayed unusable for over a minute (every
+/// read and write failed, two writes gave up) until the connection was reset.
 pub fn lazy_channel(url: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     Ok(tonic::transport::Endpoint::from_shared(url.to_owned())?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
+        .http2_keep_alive_interval(UPSTREAM_PING_INTERVAL)
+        .keep_alive_timeout(UPSTREAM_PING_TIMEOUT)
+        .keep_alive_while_idle(true)
         .connect_lazy())
 }
 
