@@ -45,6 +45,10 @@ commands:
            one: refreshing clients lose nothing, the old key's tokens fail cleanly at once
   gameday failover   SIGKILL and restart each service and each server under light load:
            lost, duplicated, recovery times
+  chaos [--only kills,stalls,network,overload]   kills, 3-s stalls (SIGSTOP) and network
+           faults (latency, slow bandwidth, blackhole, resets through fault proxies) on each
+           service, server and link under steady writes and reads, then 2x the gateway's peak:
+           lost, duplicated, hung, recovery, fast refusals, memory; last line faults=... verdict=
   fuzz [TARGET|all] [SECONDS] [--ci]   cargo-fuzz targets (default: every target, 60 s
            each; --ci: every target, 10 s each); fails if any crashes
 ";
@@ -59,6 +63,7 @@ fn main() -> ExitCode {
         Some("load") => load(&args[1..]),
         Some("seed") => run_stack_bin("seed", &args[1..]),
         Some("gameday") => gameday(&args[1..]),
+        Some("chaos") => chaos(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             eprint!("{USAGE}");
@@ -197,30 +202,44 @@ fn load(args: &[String]) -> Result<ExitCode> {
     run_stack_bin("load", args)
 }
 
-/// `cargo xtask gameday key-rotation|failover`; failover runs the services as release
-/// processes, so they are built first.
+/// `cargo xtask gameday key-rotation|failover|chaos`; failover and chaos run the services as
+/// release processes, so they are built first.
 fn gameday(args: &[String]) -> Result<ExitCode> {
-    if args.first().map(String::as_str) == Some("failover") {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let built = Command::new(&cargo)
-            .current_dir(workspace_root())
-            .args(["build", "--quiet", "--release"])
-            .args([
-                "-p",
-                "keel-auth",
-                "-p",
-                "keel-gateway",
-                "-p",
-                "keel-inference",
-            ])
-            .args(["-p", "keel-postproc"])
-            .status()
-            .context("building the services")?;
-        if !built.success() {
-            return Ok(ExitCode::FAILURE);
-        }
+    if matches!(args.first().map(String::as_str), Some("failover" | "chaos"))
+        && !build_services_release()?
+    {
+        return Ok(ExitCode::FAILURE);
     }
     run_stack_bin("gameday", args)
+}
+
+/// `cargo xtask chaos`: the fault run of issue 9 (`gameday chaos`) — kills, stalls, network
+/// faults through fault proxies and overload under steady load; the last line is one
+/// `key=value` summary.
+fn chaos(args: &[String]) -> Result<ExitCode> {
+    let mut all = vec!["chaos".to_owned()];
+    all.extend_from_slice(args);
+    gameday(&all)
+}
+
+/// The four services in release, for the game days that run them as processes.
+fn build_services_release() -> Result<bool> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = Command::new(&cargo)
+        .current_dir(workspace_root())
+        .args(["build", "--quiet", "--release"])
+        .args([
+            "-p",
+            "keel-auth",
+            "-p",
+            "keel-gateway",
+            "-p",
+            "keel-inference",
+        ])
+        .args(["-p", "keel-postproc"])
+        .status()
+        .context("building the services")?;
+    Ok(built.success())
 }
 
 /// Runs a `keel-tests` binary (release) against servers started for it, then stops them.

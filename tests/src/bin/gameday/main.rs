@@ -8,11 +8,15 @@
 //! `faults=… requests=… lost=… duplicated=… max_recovery_s=… verdict=…`; exits non-zero on any
 //! loss or unclean failure.
 //!
-//! `cargo xtask gameday failover`: see [`failover`].
+//! `cargo xtask gameday failover`: see [`failover`]. `cargo xtask chaos` (`gameday chaos`):
+//! see [`chaos`]. What the two share (the stack as processes, the client load, the accounting)
+//! is in [`rig`].
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod chaos;
 mod failover;
+mod rig;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -260,8 +264,9 @@ async fn main() -> ExitCode {
     let run = match args.first().map(String::as_str) {
         Some("key-rotation") => key_rotation().await,
         Some("failover") => failover::run().await,
+        Some("chaos") => chaos::run(&args[1..]).await,
         _ => {
-            eprintln!("usage: gameday key-rotation|failover");
+            eprintln!("usage: gameday key-rotation|failover|chaos [--only PHASES]");
             return ExitCode::from(2);
         }
     };
