@@ -229,7 +229,10 @@ impl Bus {
         if !event_id.is_empty() && headers.get(EVENT_ID_HEADER).is_none() {
             headers.insert(EVENT_ID_HEADER, event_id.as_str());
         }
-        headers.insert(REPLAYS_HEADER, replays.saturating_add(1).to_string().as_str());
+        headers.insert(
+            REPLAYS_HEADER,
+            replays.saturating_add(1).to_string().as_str(),
+        );
         headers.insert(
             "Nats-Msg-Id",
             format!("{event_id}:replay:{}:{seq}", replays.saturating_add(1)).as_str(),
