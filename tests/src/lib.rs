@@ -208,21 +208,41 @@ impl TestStack {
         })
     }
 
+    /// This stack's environment for one more instance of the service whose keys start with
+    /// `prefix`, on ports of its own (`<prefix>_GRPC_ADDR`, `<prefix>_ADMIN_ADDR`), then
+    /// `customize`d.
+    fn service_env(&self, prefix: &str, customize: impl FnOnce(Env) -> Env) -> Env {
+        customize(
+            self.env
+                .clone()
+                .with(format!("{prefix}_GRPC_ADDR"), "127.0.0.1:0")
+                .with(format!("{prefix}_ADMIN_ADDR"), "127.0.0.1:0"),
+        )
+    }
+
     /// Another inference instance on this stack's databases, Redis and stream (a replica, or
     /// one restarted on a fixed address via `customize`), waited until SERVING; with its URL.
     pub async fn inference_replica(
         &self,
         customize: impl FnOnce(Env) -> Env,
     ) -> Result<(Host, String)> {
-        let env = customize(
-            self.env
-                .clone()
-                .with("KEEL_INFERENCE_GRPC_ADDR", "127.0.0.1:0")
-                .with("KEEL_INFERENCE_ADMIN_ADDR", "127.0.0.1:0"),
-        );
+        let env = self.service_env("KEEL_INFERENCE", customize);
         let host = keel_inference::start(keel_inference::Config::from_env(&env)?).await?;
         let url = format!("http://{}", host.grpc_addr());
         wait_serving(&url, Duration::from_secs(30)).await?;
+        Ok((host, url))
+    }
+
+    /// Another gateway in front of this stack's auth, inference and Redis (a replica, or one
+    /// configured otherwise via `customize`: fail-closed, another upstream); with its URL. Not
+    /// waited for: a test may point it at upstreams that are not serving.
+    pub async fn gateway_replica(
+        &self,
+        customize: impl FnOnce(Env) -> Env,
+    ) -> Result<(Host, String)> {
+        let env = self.service_env("KEEL_GATEWAY", customize);
+        let host = keel_gateway::start(keel_gateway::Config::from_env(&env)?).await?;
+        let url = format!("http://{}", host.grpc_addr());
         Ok((host, url))
     }
 

@@ -146,23 +146,10 @@ async fn leased_limits_hold_across_two_gateway_replicas_too() {
 async fn two_replicas(tier: &str) {
     let stack = TestStack::start().await.unwrap();
     let token = tenant_on_tier(&stack, "acme", tier).await;
-    let second = keel_gateway::start(
-        keel_gateway::Config::from_env(
-            &stack
-                .env
-                .clone()
-                .with("KEEL_GATEWAY_GRPC_ADDR", "127.0.0.1:0")
-                .with("KEEL_GATEWAY_ADMIN_ADDR", "127.0.0.1:0"),
-        )
-        .unwrap(),
-    )
-    .await
-    .unwrap();
+    let (second, second_url) = stack.gateway_replica(|e| e).await.unwrap();
     let replicas = [
         connect(&stack.gateway_url()).await.unwrap(),
-        connect(&format!("http://{}", second.grpc_addr()))
-            .await
-            .unwrap(),
+        connect(&second_url).await.unwrap(),
     ];
     let rate = keel_gateway::limits::tier_limits(tier).user;
     let started = Instant::now();
@@ -228,23 +215,12 @@ async fn when_redis_dies_the_gateway_serves_with_local_limits_or_refuses_if_fail
         .await
         .unwrap();
     let token = tenant_on_tier(&stack, "acme", "free").await;
-    let closed = keel_gateway::start(
-        keel_gateway::Config::from_env(
-            &stack
-                .env
-                .clone()
-                .with("KEEL_GATEWAY_GRPC_ADDR", "127.0.0.1:0")
-                .with("KEEL_GATEWAY_ADMIN_ADDR", "127.0.0.1:0")
-                .with("KEEL_GATEWAY_REDIS_FAIL_CLOSED", "true"),
-        )
-        .unwrap(),
-    )
-    .await
-    .unwrap();
-    let open = connect(&stack.gateway_url()).await.unwrap();
-    let closed_ch = connect(&format!("http://{}", closed.grpc_addr()))
+    let (closed, closed_url) = stack
+        .gateway_replica(|e| e.with("KEEL_GATEWAY_REDIS_FAIL_CLOSED", "true"))
         .await
         .unwrap();
+    let open = connect(&stack.gateway_url()).await.unwrap();
+    let closed_ch = connect(&closed_url).await.unwrap();
     list(open.clone(), &token).await.unwrap();
     list(closed_ch.clone(), &token).await.unwrap();
 

@@ -411,23 +411,12 @@ async fn the_model_breaker_opens_for_a_failing_inference_not_for_a_failing_model
             .0
     };
     let own_inference = start_inference().await;
-    let gateway = keel_gateway::start(
-        keel_gateway::Config::from_env(
-            &stack
-                .env
-                .clone()
-                .with("KEEL_GATEWAY_GRPC_ADDR", "127.0.0.1:0")
-                .with("KEEL_GATEWAY_ADMIN_ADDR", "127.0.0.1:0")
-                .with("KEEL_INFERENCE_URL", format!("http://127.0.0.1:{port}")),
-        )
-        .unwrap(),
-    )
-    .await
-    .unwrap();
+    let (gateway, gateway_url) = stack
+        .gateway_replica(|e| e.with("KEEL_INFERENCE_URL", format!("http://127.0.0.1:{port}")))
+        .await
+        .unwrap();
     let mut client = pb::inference_service_client::InferenceServiceClient::new(
-        connect(&format!("http://{}", gateway.grpc_addr()))
-            .await
-            .unwrap(),
+        connect(&gateway_url).await.unwrap(),
     );
     let request = |model: &str| {
         authed(

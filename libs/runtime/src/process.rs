@@ -42,6 +42,12 @@ impl StartFailure {
     }
 }
 
+/// Worker threads of the async runtime; unset, one per core. On a machine whose cores are
+/// shared with other busy processes, fewer workers than cores can cost less CPU per call: a
+/// worker woken for each small task costs a futex wake and a context switch (measure with
+/// `cargo xtask bench gateway --env KEEL_WORKER_THREADS=1`).
+pub const WORKER_THREADS: &str = "KEEL_WORKER_THREADS";
+
 /// How long `healthcheck` waits for an answer.
 const HEALTHCHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -60,10 +66,19 @@ where
     if std::env::args().nth(1).as_deref() == Some("healthcheck") {
         return healthcheck(name, host(&env));
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    match env.optional::<usize>(WORKER_THREADS) {
+        Ok(Some(n)) if n > 0 => {
+            builder.worker_threads(n);
+        }
+        // Unset: one worker per core (tokio's default).
+        Ok(None) => {}
+        Ok(Some(_)) | Err(_) => {
+            eprintln!("{name}: invalid configuration: {WORKER_THREADS} must be a positive integer");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("{name}: cannot start the async runtime: {e}");

@@ -24,9 +24,17 @@ use tracing::Instrument;
 
 use crate::limits::{Decision, Limiter};
 use crate::routes::{self, Access};
+use crate::swr::{Lookup, Swr, Windows};
 
-/// Cache a resolved tenant this long: tenant status changes (suspension) take effect within it.
+/// Cache a resolved tenant this long: tenant status changes (suspension) take effect within it
+/// (plus one round trip to auth, made in the background by the first call past it).
 pub const TENANT_CACHE_TTL: Duration = Duration::from_secs(5);
+/// While auth cannot be reached, a tenant it confirmed within this long is still served: an
+/// auth restart must not refuse every tenant's calls (the keys are served stale the same way).
+const TENANT_MAX_STALENESS: Duration = Duration::from_secs(60);
+/// A failed background re-read is tried again after this long (per tenant or session), so an
+/// unreachable dependency costs one attempt per pause, not one per call.
+const REFRESH_RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// Cache "no such tenant" for less time, so a tenant created a moment ago becomes usable fast.
 const NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(1);
 /// Bound on each cache, so made-up tenants or kids cannot grow memory without limit.
@@ -46,8 +54,13 @@ const KNOWN_KEY_REFRESHES_PER_SECOND: u32 = 200;
 /// A known key not confirmed by auth for this long is not used: past its refresh budget, or
 /// while auth cannot be reached, the gateway refuses rather than trust a possibly revoked key.
 const KEY_MAX_STALENESS: Duration = Duration::from_secs(600);
-/// A session seen not revoked is trusted for this long before Redis is asked again.
+/// A session seen not revoked is trusted for this long before Redis is asked again...
 const SESSION_CHECK_TTL: Duration = Duration::from_millis(500);
+/// ...in the background by the first call past it, while calls keep being answered for up to
+/// this long since the last check: a busy session's revocation lands within `SESSION_CHECK_TTL`
+/// plus a Redis round trip, an idle one's on its next call, and no call waits on Redis for a
+/// session it saw moments ago.
+const SESSION_MAX_STALENESS: Duration = Duration::from_secs(2);
 /// Step-up methods need an MFA no older than this (RFC 9470 `max_age`) unless the tenant's
 /// policy sets its own.
 pub const STEP_UP_MAX_AGE_SECS: i64 = 300;
@@ -103,7 +116,7 @@ pub struct AuthGate {
     directory: TenantDirectoryClient<Channel>,
     key_directory: KeyDirectoryClient<Channel>,
     redis: deadpool_redis::Pool,
-    tenants: Mutex<HashMap<TenantId, (Instant, Resolved)>>,
+    tenants: Arc<Swr<TenantId, Resolved>>,
     keys: Arc<Mutex<KeyCache>>,
     /// Owns the background refreshes of known keys.
     tasks: keel_runtime::Tasks,
@@ -111,7 +124,8 @@ pub struct AuthGate {
     trusted_proxies: crate::forwarded::TrustedProxies,
     /// Tokens verified recently (expiry and key re-checked on every hit).
     verified: keel_token::VerifiedCache,
-    sessions: Mutex<HashMap<String, Instant>>,
+    /// `tenant/sid` → revoked?
+    sessions: Arc<Swr<String, bool>>,
     clock: SystemClock,
     limiter: Arc<Limiter>,
     /// Refuse (rather than serve) while Redis cannot answer revocation checks.
@@ -204,6 +218,51 @@ fn store_key(keys: &Mutex<KeyCache>, kid: &str, fetched: Option<KeyRecord>) {
     }
 }
 
+/// Asks auth for the tenant's state; `Err` when auth could not answer.
+async fn fetch_tenant(
+    mut directory: TenantDirectoryClient<Channel>,
+    t: &TenantId,
+) -> Result<Resolved, tonic::Status> {
+    let mut req = tonic::Request::new(keel_proto::auth::GetTenantRequest {
+        tenant_id: t.to_string(),
+    });
+    AuthGate::with_tenant(&mut req, t);
+    match directory.get_tenant(req).await {
+        Ok(resp) if resp.get_ref().status == "active" => Ok(Resolved::Active(Arc::new(
+            resp.get_ref()
+                .step_up
+                .iter()
+                .map(|r| (r.scope.clone(), i64::from(r.max_age_seconds)))
+                .collect(),
+        ))),
+        Ok(_) => Ok(Resolved::Suspended),
+        Err(st) if reason_of(&st) == Reason::TenantUnknown => Ok(Resolved::Unknown),
+        Err(st) => {
+            tracing::warn!(code = ?st.code(), message = st.message(), "tenant directory unavailable");
+            Err(unavailable("auth"))
+        }
+    }
+}
+
+/// Is the session `sid` of `tenant` revoked? One Redis round trip, bounded like the limiter's:
+/// a stalled Redis must not hold the call.
+async fn revoked_in_redis(
+    limiter: &Limiter,
+    redis: &deadpool_redis::Pool,
+    key: String,
+) -> Result<bool, String> {
+    limiter
+        .round_trip(async {
+            let mut conn = redis.get().await.map_err(|e| e.to_string())?;
+            redis::cmd("EXISTS")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await
+}
+
 impl AuthGate {
     /// The gate of the gateway configured by `cfg` (issuer, Redis prefix and failure mode, the
     /// anonymous budget, trusted proxies); `tasks` owns its background key refreshes.
@@ -214,13 +273,14 @@ impl AuthGate {
         tasks: keel_runtime::Tasks,
     ) -> Self {
         AuthGate {
-            tasks,
+            tasks: tasks.clone(),
             trusted_proxies: cfg.trusted_proxies.clone(),
             limiter: Arc::new(Limiter::new(
                 redis.clone(),
                 cfg.redis_prefix.clone(),
                 cfg.redis_fail_closed,
                 cfg.anonymous_rate,
+                tasks,
             )),
             fail_closed: cfg.redis_fail_closed,
             last_revocation_warning: Mutex::new(None),
@@ -229,7 +289,7 @@ impl AuthGate {
             directory: TenantDirectoryClient::new(auth.clone()),
             key_directory: KeyDirectoryClient::new(auth),
             redis,
-            tenants: Mutex::new(HashMap::new()),
+            tenants: Arc::new(Swr::new(CACHE_CAPACITY, TENANT_MAX_STALENESS)),
             verified: keel_token::VerifiedCache::default(),
             keys: Arc::new(Mutex::new(KeyCache {
                 entries: HashMap::new(),
@@ -238,7 +298,7 @@ impl AuthGate {
                 known_refreshes: 0,
                 refreshing: std::collections::HashSet::new(),
             })),
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Arc::new(Swr::new(CACHE_CAPACITY, SESSION_MAX_STALENESS)),
             clock: SystemClock,
         }
     }
@@ -251,47 +311,41 @@ impl AuthGate {
         keel_telemetry::propagation::inject_grpc(req.metadata_mut());
     }
 
+    /// The tenant's state: from the cache while fresh; past that, from the cache while auth is
+    /// asked in the background; when unknown or too old, from auth before answering.
     async fn resolve(&self, t: &TenantId) -> Result<Resolved, tonic::Status> {
-        if let Ok(cache) = self.tenants.lock()
-            && let Some((at, r)) = cache.get(t)
-        {
-            let ttl = if matches!(r, Resolved::Unknown) {
-                NEGATIVE_CACHE_TTL
-            } else {
-                TENANT_CACHE_TTL
-            };
-            if at.elapsed() < ttl {
-                return Ok(r.clone());
-            }
-        }
-        let mut req = tonic::Request::new(keel_proto::auth::GetTenantRequest {
-            tenant_id: t.to_string(),
-        });
-        Self::with_tenant(&mut req, t);
-        let resolved = match self.directory.clone().get_tenant(req).await {
-            Ok(resp) if resp.get_ref().status == "active" => Resolved::Active(Arc::new(
-                resp.get_ref()
-                    .step_up
-                    .iter()
-                    .map(|r| (r.scope.clone(), i64::from(r.max_age_seconds)))
-                    .collect(),
-            )),
-            Ok(_) => Resolved::Suspended,
-            Err(st) if reason_of(&st) == Reason::TenantUnknown => Resolved::Unknown,
-            Err(st) => {
-                tracing::warn!(code = ?st.code(), message = st.message(), "tenant directory unavailable");
-                return Err(unavailable("auth"));
-            }
+        let windows = |r: &Resolved| match r {
+            // A tenant created a moment ago must become usable fast: no stale "unknown".
+            Resolved::Unknown => Windows {
+                fresh: NEGATIVE_CACHE_TTL,
+                stale: NEGATIVE_CACHE_TTL,
+            },
+            Resolved::Active(_) | Resolved::Suspended => Windows {
+                fresh: TENANT_CACHE_TTL,
+                stale: TENANT_MAX_STALENESS,
+            },
         };
-        if let Ok(mut cache) = self.tenants.lock() {
-            bounded_insert(
-                &mut cache,
-                t.clone(),
-                (Instant::now(), resolved.clone()),
-                |_, (at, _)| at.elapsed() < TENANT_CACHE_TTL,
-            );
+        match self.tenants.lookup(t, Instant::now(), windows) {
+            Lookup::Fresh(r) => Ok(r),
+            Lookup::Stale { value, refresh } => {
+                if refresh {
+                    let (directory, tenants, t) =
+                        (self.directory.clone(), self.tenants.clone(), t.clone());
+                    self.tasks.spawn("tenant-refresh", async move {
+                        match fetch_tenant(directory, &t).await {
+                            Ok(r) => tenants.store(t, r, Instant::now()),
+                            Err(_) => tenants.failed(&t, Instant::now(), REFRESH_RETRY_PAUSE),
+                        }
+                    });
+                }
+                Ok(value)
+            }
+            Lookup::Miss => {
+                let r = fetch_tenant(self.directory.clone(), t).await?;
+                self.tenants.store(t.clone(), r.clone(), Instant::now());
+                Ok(r)
+            }
         }
-        Ok(resolved)
     }
 
     /// Makes sure the key cache has a fresh answer for `kid` (fetching at a bounded rate).
@@ -380,20 +434,6 @@ impl AuthGate {
         self.limiter.clone()
     }
 
-    async fn revoked_in_redis(&self, tenant: &TenantId, sid: &str) -> Result<bool, String> {
-        // Bounded like the limiter's round trips: a stalled Redis must not hold the call.
-        self.limiter
-            .round_trip(async {
-                let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
-                redis::cmd("EXISTS")
-                    .arg(tenant.redis_key(&format!("{}:revoked", self.redis_prefix), sid))
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-            .await
-    }
-
     /// Charges the call to its buckets: the response headers when admitted, the refusal when
     /// not.
     async fn limit(
@@ -445,16 +485,40 @@ impl AuthGate {
         }
     }
 
+    /// Is the session revoked? From the cache while fresh; past that, from the cache while
+    /// Redis is asked in the background; after [`SESSION_MAX_STALENESS`], from Redis before
+    /// answering (fail-open or fail-closed when Redis cannot answer).
     async fn session_revoked(&self, tenant: &TenantId, sid: &str) -> Result<bool, tonic::Status> {
         let cache_key = format!("{tenant}/{sid}");
-        if let Ok(cache) = self.sessions.lock()
-            && cache
-                .get(&cache_key)
-                .is_some_and(|at| at.elapsed() < SESSION_CHECK_TTL)
-        {
-            return Ok(false);
+        let redis_key = || tenant.redis_key(&format!("{}:revoked", self.redis_prefix), sid);
+        let windows = |_: &bool| Windows {
+            fresh: SESSION_CHECK_TTL,
+            stale: SESSION_MAX_STALENESS,
+        };
+        match self.sessions.lookup(&cache_key, Instant::now(), windows) {
+            Lookup::Fresh(revoked) => return Ok(revoked),
+            Lookup::Stale { value, refresh } => {
+                if refresh {
+                    let (limiter, redis, sessions, key) = (
+                        self.limiter.clone(),
+                        self.redis.clone(),
+                        self.sessions.clone(),
+                        redis_key(),
+                    );
+                    self.tasks.spawn("session-refresh", async move {
+                        match revoked_in_redis(&limiter, &redis, key).await {
+                            Ok(revoked) => sessions.store(cache_key, revoked, Instant::now()),
+                            Err(_) => {
+                                sessions.failed(&cache_key, Instant::now(), REFRESH_RETRY_PAUSE)
+                            }
+                        }
+                    });
+                }
+                return Ok(value);
+            }
+            Lookup::Miss => {}
         }
-        let revoked = match self.revoked_in_redis(tenant, sid).await {
+        let revoked = match revoked_in_redis(&self.limiter, &self.redis, redis_key()).await {
             Ok(r) => r,
             Err(e) if self.fail_closed => {
                 tracing::error!(error = %e, "revocation check impossible: Redis unreachable (fail-closed)");
@@ -472,11 +536,7 @@ impl AuthGate {
                 return Ok(false);
             }
         };
-        if !revoked && let Ok(mut cache) = self.sessions.lock() {
-            bounded_insert(&mut cache, cache_key, Instant::now(), |_, at| {
-                at.elapsed() < SESSION_CHECK_TTL
-            });
-        }
+        self.sessions.store(cache_key, revoked, Instant::now());
         Ok(revoked)
     }
 

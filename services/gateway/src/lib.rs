@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod limits;
 pub mod openai;
 pub mod routes;
+pub mod swr;
 
 use std::sync::Arc;
 use std::time::Duration;

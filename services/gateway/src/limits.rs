@@ -14,14 +14,18 @@
 //! **Leases** keep Redis off the hot path for large budgets: a replica takes a small batch of a
 //! caller's budget at once (a twentieth of the smaller burst, so nothing for the free tier) and
 //! spends it locally for at most [`LEASE_TTL`]. Leased calls are charged to the shared buckets
-//! when taken, so replicas together never exceed the limit; an unused lease lapses (stricter,
-//! never looser).
+//! when taken, so replicas together never exceed the limit. A lease in use is **topped up in the
+//! background** (charging exactly the calls spent from it) once half of it or half of its time
+//! is gone, so a busy caller never waits on Redis; a lapsed lease is renewed by charging only
+//! what was spent of it, so a slow caller pays for the calls it made, not for whole leases. A
+//! replica never holds more than one lease's worth of a caller's budget unspent (stricter,
+//! never looser); near the limit the top-up is refused and calls go to Redis one by one.
 //!
 //! Costs are in requests today; the same buckets take a token cost (`check` with `cost` > 1)
 //! for inference.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use keel_tenancy::TenantId;
@@ -229,11 +233,90 @@ pub const LEASE_TTL: Duration = Duration::from_millis(250);
 const LEASE_SHARE: u32 = 20;
 
 /// Calls a replica may still make on a lease.
+#[derive(Debug, Clone, PartialEq)]
 struct Lease {
+    /// The lease's full size: at most this many calls are held unspent.
+    size: u32,
     left: u32,
     until: Instant,
     limit: u32,
     reset: Duration,
+    /// A top-up is on its way (one at a time per lease).
+    topping_up: bool,
+    /// Redis refused a top-up (the caller is near its limit): the lease runs out, and then
+    /// calls are checked one by one.
+    exhausted: bool,
+}
+
+/// What spending one call of a lease found.
+#[derive(Debug, PartialEq)]
+enum Spend {
+    /// Admitted on the lease; `top_up` calls should be charged to refill it.
+    Spent { decision: Decision, top_up: u32 },
+    /// No usable lease (it lapsed or ran out).
+    Renew,
+}
+
+impl Lease {
+    /// Spends one call at `now`.
+    fn spend(&mut self, now: Instant) -> Spend {
+        if self.until <= now || self.left == 0 {
+            return Spend::Renew;
+        }
+        self.left -= 1;
+        let spent = self.size - self.left;
+        let half_gone = self.left <= self.size / 2
+            || self.until.saturating_duration_since(now) <= LEASE_TTL / 2;
+        let top_up = if half_gone && !self.topping_up && !self.exhausted {
+            self.topping_up = true;
+            spent
+        } else {
+            0
+        };
+        Spend::Spent {
+            decision: Decision::Allowed {
+                limit: self.limit,
+                remaining: self.left,
+                reset: self.reset,
+            },
+            top_up,
+        }
+    }
+
+    /// A top-up of `charged` calls came back at `now`.
+    fn topped_up(&mut self, charged: u32, outcome: TopUp, now: Instant) {
+        self.topping_up = false;
+        match outcome {
+            TopUp::Granted { limit, reset } => {
+                self.left = (self.left + charged).min(self.size);
+                self.until = now + LEASE_TTL;
+                self.limit = limit;
+                self.reset = reset;
+            }
+            TopUp::Refused => self.exhausted = true,
+            // Redis away: the lease runs out, then calls take the fallback (or retry a top-up).
+            TopUp::Failed => {}
+        }
+    }
+
+    /// What renewing this lease at `now` charges: the calls spent of it when it lapsed a
+    /// moment ago (its unused calls were charged and are reused), a whole lease when it lapsed
+    /// longer ago (the buckets have refilled meanwhile; reusing old charges would be looser).
+    fn renewal_cost(&self, now: Instant) -> u32 {
+        if now < self.until + LEASE_TTL {
+            self.size - self.left
+        } else {
+            self.size
+        }
+    }
+}
+
+/// How a top-up of a lease went.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum TopUp {
+    Granted { limit: u32, reset: Duration },
+    Refused,
+    Failed,
 }
 
 /// KEYS: the buckets; ARGV[1]: tokens to give back; then per key: interval (µs). Moves each
@@ -275,6 +358,8 @@ pub struct Limiter {
     last_warning: Mutex<Option<Instant>>,
     /// Set when a round trip failed: until then Redis is not tried ([`REDIS_RETRY_AFTER`]).
     away_until: Mutex<Option<Instant>>,
+    /// Owns the background lease top-ups.
+    tasks: keel_runtime::Tasks,
 }
 
 impl Limiter {
@@ -283,6 +368,7 @@ impl Limiter {
         prefix: String,
         fail_closed: bool,
         anonymous: Rate,
+        tasks: keel_runtime::Tasks,
     ) -> Self {
         metrics::gauge!("keel_gateway_ratelimit_redis_up").set(1.0);
         Limiter {
@@ -296,6 +382,7 @@ impl Limiter {
             leases: Mutex::default(),
             last_warning: Mutex::new(None),
             away_until: Mutex::new(None),
+            tasks,
         }
     }
 
@@ -386,7 +473,7 @@ impl Limiter {
 
     /// Charges `cost` to every bucket, or to none when any of them is out.
     pub async fn check(
-        &self,
+        self: &Arc<Self>,
         keys: &[(String, Rate)],
         cost: u32,
     ) -> Result<(Decision, Source), Unavailable> {
@@ -401,48 +488,59 @@ impl Limiter {
                 .map(|(k, _)| k.as_str())
                 .collect::<Vec<_>>()
                 .join("|");
-            match self.spend_lease(&lease_key) {
-                Ok(d) => {
+            let now = Instant::now();
+            let spent = match self.leases.lock() {
+                Ok(mut leases) => leases.get_mut(&lease_key).map(|l| match l.spend(now) {
+                    Spend::Spent { decision, top_up } => Ok((decision, top_up)),
+                    Spend::Renew => Err(l.renewal_cost(now)),
+                }),
+                Err(_) => return Err(Unavailable),
+            };
+            let renewal = match spent {
+                Some(Ok((decision, top_up))) => {
                     metrics::counter!("keel_gateway_ratelimit_leased_total").increment(1);
-                    return Ok((d, Source::Redis));
-                }
-                // A lease that lapsed unused gives its rest back, so slow callers are charged
-                // for what they used, not for whole leases.
-                Err(unused) => self.refund(keys, unused).await,
-            }
-            // Take a new lease (this call included); near the limit, fall back to one call.
-            match self.check_redis(keys, lease_size).await {
-                Ok(Decision::Allowed {
-                    limit,
-                    remaining,
-                    reset,
-                }) => {
-                    metrics::gauge!("keel_gateway_ratelimit_redis_up").set(1.0);
-                    if let Ok(mut leases) = self.leases.lock() {
-                        if leases.len() > 100_000 {
-                            leases.retain(|_, l| l.until > Instant::now());
-                        }
-                        leases.insert(
-                            lease_key,
-                            Lease {
-                                left: lease_size - 1,
-                                until: Instant::now() + LEASE_TTL,
-                                limit,
-                                reset,
-                            },
-                        );
+                    if top_up > 0 {
+                        self.top_up(lease_key, keys.to_vec(), top_up);
                     }
-                    return Ok((
-                        Decision::Allowed {
-                            limit,
-                            remaining: remaining + lease_size - 1,
-                            reset,
-                        },
-                        Source::Redis,
-                    ));
+                    return Ok((decision, Source::Redis));
                 }
-                Ok(Decision::Denied { .. }) => {}
-                Err(_) => {}
+                Some(Err(cost)) => cost,
+                None => lease_size,
+            };
+            // Renew the lease (this call included); near the limit, fall back to one call.
+            if let Ok(Decision::Allowed {
+                limit,
+                remaining,
+                reset,
+            }) = self.check_redis(keys, renewal.max(1)).await
+            {
+                metrics::gauge!("keel_gateway_ratelimit_redis_up").set(1.0);
+                if let Ok(mut leases) = self.leases.lock() {
+                    if leases.len() > 100_000 {
+                        let now = Instant::now();
+                        leases.retain(|_, l| l.until + LEASE_TTL > now);
+                    }
+                    leases.insert(
+                        lease_key,
+                        Lease {
+                            size: lease_size,
+                            left: lease_size - 1,
+                            until: Instant::now() + LEASE_TTL,
+                            limit,
+                            reset,
+                            topping_up: false,
+                            exhausted: false,
+                        },
+                    );
+                }
+                return Ok((
+                    Decision::Allowed {
+                        limit,
+                        remaining: remaining + lease_size - 1,
+                        reset,
+                    },
+                    Source::Redis,
+                ));
             }
         }
         match self.check_redis(keys, cost).await {
@@ -471,25 +569,22 @@ impl Limiter {
         }
     }
 
-    /// One call on a live lease; otherwise how many calls of a lapsed lease went unused.
-    fn spend_lease(&self, key: &str) -> Result<Decision, u32> {
-        let Ok(mut leases) = self.leases.lock() else {
-            return Err(0);
-        };
-        let Some(l) = leases.get_mut(key) else {
-            return Err(0);
-        };
-        if l.left == 0 || l.until <= Instant::now() {
-            let unused = l.left;
-            leases.remove(key);
-            return Err(unused);
-        }
-        l.left -= 1;
-        Ok(Decision::Allowed {
-            limit: l.limit,
-            remaining: l.left,
-            reset: l.reset,
-        })
+    /// Charges `charged` calls spent of the lease under `lease_key` and gives them back to it,
+    /// in the background: the call that noticed the lease half gone does not wait.
+    fn top_up(self: &Arc<Self>, lease_key: String, keys: Vec<(String, Rate)>, charged: u32) {
+        let this = self.clone();
+        self.tasks.spawn("lease-top-up", async move {
+            let outcome = match this.check_redis(&keys, charged).await {
+                Ok(Decision::Allowed { limit, reset, .. }) => TopUp::Granted { limit, reset },
+                Ok(Decision::Denied { .. }) => TopUp::Refused,
+                Err(_) => TopUp::Failed,
+            };
+            if let Ok(mut leases) = this.leases.lock()
+                && let Some(l) = leases.get_mut(&lease_key)
+            {
+                l.topped_up(charged, outcome, Instant::now());
+            }
+        });
     }
 
     async fn check_redis(&self, keys: &[(String, Rate)], cost: u32) -> Result<Decision, String> {
@@ -586,6 +681,121 @@ mod tests {
         match l.check(1e15, &other, 1) {
             Decision::Allowed { remaining, .. } => assert_eq!(remaining, 98),
             d => panic!("{d:?}"),
+        }
+    }
+
+    fn lease(size: u32, now: Instant) -> Lease {
+        Lease {
+            size,
+            left: size - 1,
+            until: now + LEASE_TTL,
+            limit: 1000,
+            reset: Duration::ZERO,
+            topping_up: false,
+            exhausted: false,
+        }
+    }
+
+    #[test]
+    fn a_lease_asks_for_one_top_up_of_what_was_spent_when_half_gone() {
+        let t0 = Instant::now();
+        let mut l = lease(10, t0);
+        // 9 left: spend down to 5 (half) before a top-up is asked for.
+        for _ in 0..3 {
+            assert!(matches!(l.spend(t0), Spend::Spent { top_up: 0, .. }));
+        }
+        assert!(matches!(l.spend(t0), Spend::Spent { top_up: 5, .. }));
+        // One at a time.
+        assert!(matches!(l.spend(t0), Spend::Spent { top_up: 0, .. }));
+        l.topped_up(
+            5,
+            TopUp::Granted {
+                limit: 1000,
+                reset: Duration::ZERO,
+            },
+            t0,
+        );
+        assert_eq!(l.left, 9, "4 left + 5 charged");
+        // Refused: the lease runs out and is not topped up again.
+        for _ in 0..4 {
+            l.spend(t0);
+        }
+        let Spend::Spent { top_up, .. } = l.spend(t0) else {
+            panic!()
+        };
+        l.topped_up(top_up, TopUp::Refused, t0);
+        while let Spend::Spent { top_up, .. } = l.spend(t0) {
+            assert_eq!(top_up, 0, "no top-up after a refusal");
+        }
+        assert_eq!(l.left, 0);
+    }
+
+    #[test]
+    fn a_slow_callers_lease_is_topped_up_by_time_and_renewed_at_cost() {
+        let t0 = Instant::now();
+        let mut l = lease(50, t0);
+        // Past half its time, one call asks for the 2 calls spent.
+        assert!(matches!(
+            l.spend(t0 + LEASE_TTL / 2),
+            Spend::Spent { top_up: 2, .. }
+        ));
+        l.topped_up(2, TopUp::Failed, t0 + LEASE_TTL / 2);
+        // Lapsed: renewing charges what was spent of it, or all of it when long gone.
+        assert_eq!(l.spend(t0 + LEASE_TTL), Spend::Renew);
+        assert_eq!(l.renewal_cost(t0 + LEASE_TTL), 2);
+        assert_eq!(l.renewal_cost(t0 + 2 * LEASE_TTL), 50);
+    }
+
+    proptest::proptest! {
+        /// Whatever the calls, clocks and Redis answers: a lease never holds more than its size
+        /// unspent, never admits a call it has not been charged for, and charges exactly the
+        /// calls spent (granted top-ups refill what they charged, no more).
+        #[test]
+        fn a_lease_never_admits_uncharged_calls(
+            size in 2u32..100,
+            steps in proptest::collection::vec((0u8..4, 0u64..200), 1..400),
+        ) {
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut l = lease(size, t0);
+            let mut charged = u64::from(size);
+            let mut admitted = 1u64;
+            let mut pending: Option<u32> = None;
+            for (op, dt) in steps {
+                now += Duration::from_millis(dt % 60);
+                match (op, pending) {
+                    (0 | 1, _) => match l.spend(now) {
+                        Spend::Spent { top_up, .. } => {
+                            admitted += 1;
+                            if top_up > 0 {
+                                proptest::prop_assert!(pending.is_none());
+                                pending = Some(top_up);
+                            }
+                        }
+                        Spend::Renew => {
+                            // The caller renews: a fresh lease (this call included), charged
+                            // at the renewal cost.
+                            charged += u64::from(l.renewal_cost(now));
+                            l = lease(size, now);
+                            admitted += 1;
+                            pending = None;
+                        }
+                    },
+                    (2, Some(c)) => {
+                        charged += u64::from(c);
+                        l.topped_up(c, TopUp::Granted { limit: 1, reset: Duration::ZERO }, now);
+                        pending = None;
+                    }
+                    (3, Some(c)) => {
+                        l.topped_up(c, if dt % 2 == 0 { TopUp::Refused } else { TopUp::Failed }, now);
+                        pending = None;
+                    }
+                    _ => {}
+                }
+                proptest::prop_assert!(l.left <= l.size);
+                // Admitted plus still spendable never exceeds what was charged.
+                proptest::prop_assert!(admitted + u64::from(l.left) <= charged, "{admitted} + {} > {charged}", l.left);
+            }
         }
     }
 
