@@ -611,6 +611,7 @@ pub async fn http_post_form(
     Ok((r.status, r.text()))
 }
 
+pub mod faults;
 pub mod load;
 pub mod seed;
 

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use keel_proto::public as pb;
 use keel_proto::public::document_service_client::DocumentServiceClient;
-use keel_tests::{Servers, TestStack, authed, create_databases, own, reason, unique};
-use tonic::Code;
+use keel_tests::faults::{Call, Outcome, Tenant, classify};
+use keel_tests::{Servers, TestStack, authed, create_databases, own, unique};
 use tonic::transport::Channel;
 
 /// The deadline every client call carries (`grpc-timeout`).
@@ -36,50 +36,6 @@ const OUTAGE: Duration = Duration::from_secs(4);
 const AFTER: Duration = Duration::from_secs(8);
 /// Shard 1's tenants must be served again within this of the restart.
 const RECOVERY_LIMIT: Duration = Duration::from_secs(5);
-
-struct Tenant {
-    name: String,
-    token: String,
-    shard: usize,
-    /// IDs of the creates the gateway acknowledged.
-    acked: Mutex<Vec<String>>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum Outcome {
-    Ok,
-    /// The gateway answered UNAVAILABLE or DEADLINE_EXCEEDED with a keel reason.
-    Clean(String),
-    /// The client's own deadline fired first (tonic reports that as CANCELLED "Timeout
-    /// expired"; other gRPC clients as DEADLINE_EXCEEDED): bounded, but without a reason.
-    Deadline,
-    /// Anything else: a wrong code, or no reason.
-    Unclean(String),
-    /// No answer even `SLACK` after the deadline.
-    Hung,
-}
-
-struct Call {
-    tenant: usize,
-    op: &'static str,
-    start: Instant,
-    took: Duration,
-    outcome: Outcome,
-}
-
-fn classify(st: &tonic::Status) -> Outcome {
-    use tonic_types::StatusExt;
-    let keel_reason = st
-        .get_details_error_info()
-        .is_some_and(|i| i.domain == keel_errors::DOMAIN);
-    match st.code() {
-        Code::Unavailable | Code::DeadlineExceeded if keel_reason => {
-            Outcome::Clean(format!("{:?}/{}", st.code(), reason(st)))
-        }
-        Code::Cancelled if st.message() == "Timeout expired" => Outcome::Deadline,
-        c => Outcome::Unclean(format!("{c:?}: {}", st.message())),
-    }
-}
 
 async fn one_call(
     mut docs: DocumentServiceClient<Channel>,

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use keel_proto::public as pb;
 use keel_proto::public::document_service_client::DocumentServiceClient;
 use keel_proto::public::inference_service_client::InferenceServiceClient;
+use keel_tests::faults::{Call, Outcome, Tenant, classify};
 use keel_tests::{Servers, TestStack, authed, connect, create_databases, eventually, own, unique};
-use tonic::Code;
 use tonic::transport::Channel;
 
 /// One stall at a time (see the module comment).
@@ -33,55 +33,6 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const STALL: Duration = Duration::from_secs(4);
 /// One call per tenant this often, whether or not earlier calls have answered (open model).
 const PERIOD: Duration = Duration::from_millis(150);
-
-struct Tenant {
-    name: String,
-    token: String,
-    shard: usize,
-    /// IDs of the creates the gateway acknowledged.
-    acked: Mutex<Vec<String>>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum Outcome {
-    Ok,
-    /// The server answered UNAVAILABLE or DEADLINE_EXCEEDED with a keel reason.
-    Clean(String),
-    /// The client's own deadline fired (tonic reports it as CANCELLED "Timeout expired").
-    Deadline,
-    /// Any other error.
-    Unclean(String),
-    /// No answer even `slack` after the deadline.
-    Hung,
-}
-
-struct Call {
-    tenant: usize,
-    op: &'static str,
-    start: Instant,
-    took: Duration,
-    outcome: Outcome,
-}
-
-impl Call {
-    fn failed(&self) -> bool {
-        self.outcome != Outcome::Ok
-    }
-}
-
-fn classify(st: &tonic::Status) -> Outcome {
-    use tonic_types::StatusExt;
-    let keel_reason = st
-        .get_details_error_info()
-        .is_some_and(|i| i.domain == keel_errors::DOMAIN);
-    match st.code() {
-        Code::Unavailable | Code::DeadlineExceeded if keel_reason => {
-            Outcome::Clean(format!("{:?}/{}", st.code(), keel_tests::reason(st)))
-        }
-        Code::Cancelled if st.message() == "Timeout expired" => Outcome::Deadline,
-        c => Outcome::Unclean(format!("{c:?}: {}", st.message())),
-    }
-}
 
 /// The calls a stream makes, in turn.
 #[derive(Clone)]
