@@ -31,7 +31,9 @@ commands:
   test     start an isolated stack and run the whole test suite against it
   stack    start only PostgreSQL, Redis and NATS and print their URLs (Ctrl-C stops them)
   bench auth   token verifications/s/core, refreshes/s and login latency (release build)
-  bench gateway   open-model load, direct vs. through the gateway: overhead, max rate, RSS
+  bench gateway [--baseline BIN] [--env K=V] [--baseline-env K=V]   open-model load, direct
+           vs. through the gateway: overhead, max rate, RSS, CPU per call; with a baseline,
+           another gateway build (or other settings) measured in the same rounds
   bench inference [--documents N] [--rate R] [--smoke]   1M documents seeded by COPY, CRUD
            latency at a fixed rate, embeddings/s and completions/s (cold, hot), a request storm
   bench postproc [--events N] [--smoke]   the metering path, publish → usage committed, with
