@@ -657,10 +657,67 @@ pub mod own {
         }
     }
 
+    /// A server process of a test's own: its pid, SIGKILL, and SIGSTOP/SIGCONT for stalls. Each
+    /// server below dereferences to one (a server may override a method: PostgreSQL's backends
+    /// need signals of their own).
+    #[derive(Default)]
+    pub struct ServerProcess {
+        child: Option<Child>,
+    }
+
+    impl ServerProcess {
+        /// Takes over a started `child` (SIGKILLing the one it had, if any).
+        pub fn run(&mut self, child: Child) {
+            self.kill();
+            self.child = Some(child);
+        }
+
+        /// SIGKILL: no goodbye to clients.
+        pub fn kill(&mut self) {
+            if let Some(mut c) = self.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+
+        /// The server's process ID while it runs.
+        pub fn pid(&self) -> Option<u32> {
+            self.child.as_ref().map(Child::id)
+        }
+
+        /// SIGSTOP: a stall (connections stay open, nothing answers) until
+        /// [`ServerProcess::resume`].
+        pub fn pause(&self) {
+            signal(self.pid(), "-STOP");
+        }
+
+        /// SIGCONT after [`ServerProcess::pause`].
+        pub fn resume(&self) {
+            signal(self.pid(), "-CONT");
+        }
+    }
+
+    /// `$server` (with a `process: ServerProcess` field) dereferences to its process.
+    macro_rules! server_process {
+        ($server:ty) => {
+            impl std::ops::Deref for $server {
+                type Target = ServerProcess;
+                fn deref(&self) -> &ServerProcess {
+                    &self.process
+                }
+            }
+            impl std::ops::DerefMut for $server {
+                fn deref_mut(&mut self) -> &mut ServerProcess {
+                    &mut self.process
+                }
+            }
+        };
+    }
+
     /// A Redis of this test's own; restarts keep its port (and, like production's cache, not
     /// its data).
     pub struct Redis {
-        child: Option<Child>,
+        process: ServerProcess,
         port: u16,
         pub url: String,
     }
@@ -669,7 +726,7 @@ pub mod own {
         pub async fn start() -> Redis {
             let port = free_port();
             let mut r = Redis {
-                child: None,
+                process: ServerProcess::default(),
                 port,
                 url: format!("redis://127.0.0.1:{port}"),
             };
@@ -694,33 +751,12 @@ pub mod own {
                 .stdout(Stdio::null())
                 .spawn()
                 .expect("starting redis-server");
-            self.child = Some(child);
+            self.process.child = Some(child);
             wait_port(self.port, "redis").await;
         }
-
-        /// SIGKILL.
-        pub fn kill(&mut self) {
-            if let Some(mut c) = self.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-
-        /// The server's process ID while it runs.
-        pub fn pid(&self) -> Option<u32> {
-            self.child.as_ref().map(Child::id)
-        }
-
-        /// SIGSTOP: a stall (connections stay open, nothing answers) until [`Redis::resume`].
-        pub fn pause(&self) {
-            signal(self.pid(), "-STOP");
-        }
-
-        /// SIGCONT after [`Redis::pause`].
-        pub fn resume(&self) {
-            signal(self.pid(), "-CONT");
-        }
     }
+
+    server_process!(Redis);
 
     impl Drop for Redis {
         fn drop(&mut self) {
@@ -730,7 +766,7 @@ pub mod own {
 
     /// A nats-server with JetStream of this test's own; restarts keep its port and its store.
     pub struct Nats {
-        child: Option<Child>,
+        process: ServerProcess,
         port: u16,
         store: std::path::PathBuf,
         pub url: String,
@@ -742,7 +778,7 @@ pub mod own {
             let store =
                 std::env::temp_dir().join(format!("keel-test-nats-{port}-{}", std::process::id()));
             let mut n = Nats {
-                child: None,
+                process: ServerProcess::default(),
                 port,
                 store,
                 url: format!("nats://127.0.0.1:{port}"),
@@ -768,33 +804,12 @@ pub mod own {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("starting nats-server");
-            self.child = Some(child);
+            self.process.child = Some(child);
             wait_port(self.port, "nats-server").await;
         }
-
-        /// SIGKILL: no goodbye to clients.
-        pub fn kill(&mut self) {
-            if let Some(mut c) = self.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-
-        /// The server's process ID while it runs.
-        pub fn pid(&self) -> Option<u32> {
-            self.child.as_ref().map(Child::id)
-        }
-
-        /// SIGSTOP: a stall (connections stay open, nothing answers) until [`Nats::resume`].
-        pub fn pause(&self) {
-            signal(self.pid(), "-STOP");
-        }
-
-        /// SIGCONT after [`Nats::pause`].
-        pub fn resume(&self) {
-            signal(self.pid(), "-CONT");
-        }
     }
+
+    server_process!(Nats);
 
     impl Drop for Nats {
         fn drop(&mut self) {
@@ -806,7 +821,7 @@ pub mod own {
     /// A PostgreSQL cluster of this test's own (initdb'd for it); [`Postgres::kill`] SIGKILLs the postmaster and every backend at once, and
     /// [`Postgres::restart`] brings it back on the same port and data (crash recovery).
     pub struct Postgres {
-        child: Option<Child>,
+        process: ServerProcess,
         port: u16,
         dir: std::path::PathBuf,
         bin: std::path::PathBuf,
@@ -865,7 +880,7 @@ pub mod own {
                 String::from_utf8_lossy(&out.stderr)
             );
             let mut pg = Postgres {
-                child: None,
+                process: ServerProcess::default(),
                 port,
                 dir,
                 bin,
@@ -903,7 +918,7 @@ pub mod own {
             if let Some((uid, gid)) = self.run_as {
                 cmd.uid(uid).gid(gid);
             }
-            self.child = Some(cmd.spawn().expect("starting postgres"));
+            self.process.child = Some(cmd.spawn().expect("starting postgres"));
             wait_port(self.port, "postgres").await;
             // The port opens before recovery ends ("the database system is starting up").
             let deadline = Instant::now() + Duration::from_secs(30);
@@ -941,7 +956,7 @@ pub mod own {
         /// SIGKILL to the postmaster and all its backends: no shutdown checkpoint, connections
         /// cut mid-query.
         pub fn kill(&mut self) {
-            if let Some(mut c) = self.child.take() {
+            if let Some(mut c) = self.process.child.take() {
                 let _ = Command::new("kill")
                     .args(["-KILL", "--", &format!("-{}", c.id())])
                     .status();
@@ -950,11 +965,6 @@ pub mod own {
                 // so the shared memory is free for the restart.
                 std::thread::sleep(Duration::from_millis(200));
             }
-        }
-
-        /// The postmaster's process ID while it runs.
-        pub fn pid(&self) -> Option<u32> {
-            self.child.as_ref().map(Child::id)
         }
 
         /// SIGSTOP to the postmaster, then to every process it forked (each backend is a
@@ -980,6 +990,8 @@ pub mod own {
             signal(self.pid(), "-CONT");
         }
     }
+
+    server_process!(Postgres);
 
     impl Drop for Postgres {
         fn drop(&mut self) {

@@ -125,7 +125,7 @@ pub struct AuthGate {
     /// Tokens verified recently (expiry and key re-checked on every hit).
     verified: keel_token::VerifiedCache,
     /// `tenant/sid` → revoked?
-    sessions: Arc<Swr<String, bool>>,
+    sessions: Arc<Swr<String, ()>>,
     clock: SystemClock,
     limiter: Arc<Limiter>,
     /// Refuse (rather than serve) while Redis cannot answer revocation checks.
@@ -485,19 +485,22 @@ impl AuthGate {
         }
     }
 
-    /// Is the session revoked? From the cache while fresh; past that, from the cache while
-    /// Redis is asked in the background; after [`SESSION_MAX_STALENESS`], from Redis before
-    /// answering (fail-open or fail-closed when Redis cannot answer).
+    /// Is the session revoked? Only sessions seen *not* revoked are cached (a revocation can
+    /// be taken back: a client registered again): from the cache while fresh; past that, from
+    /// the cache while Redis is asked in the background (a revocation found there drops the
+    /// entry, so the next call asks Redis itself and is refused); after
+    /// [`SESSION_MAX_STALENESS`], from Redis before answering (fail-open or fail-closed when
+    /// Redis cannot answer).
     async fn session_revoked(&self, tenant: &TenantId, sid: &str) -> Result<bool, tonic::Status> {
         let cache_key = format!("{tenant}/{sid}");
         let redis_key = || tenant.redis_key(&format!("{}:revoked", self.redis_prefix), sid);
-        let windows = |_: &bool| Windows {
+        let windows = |_: &()| Windows {
             fresh: SESSION_CHECK_TTL,
             stale: SESSION_MAX_STALENESS,
         };
         match self.sessions.lookup(&cache_key, Instant::now(), windows) {
-            Lookup::Fresh(revoked) => return Ok(revoked),
-            Lookup::Stale { value, refresh } => {
+            Lookup::Fresh(()) => return Ok(false),
+            Lookup::Stale { value: (), refresh } => {
                 if refresh {
                     let (limiter, redis, sessions, key) = (
                         self.limiter.clone(),
@@ -507,14 +510,15 @@ impl AuthGate {
                     );
                     self.tasks.spawn("session-refresh", async move {
                         match revoked_in_redis(&limiter, &redis, key).await {
-                            Ok(revoked) => sessions.store(cache_key, revoked, Instant::now()),
+                            Ok(false) => sessions.store(cache_key, (), Instant::now()),
+                            Ok(true) => sessions.forget(&cache_key),
                             Err(_) => {
                                 sessions.failed(&cache_key, Instant::now(), REFRESH_RETRY_PAUSE)
                             }
                         }
                     });
                 }
-                return Ok(value);
+                return Ok(false);
             }
             Lookup::Miss => {}
         }
@@ -536,7 +540,9 @@ impl AuthGate {
                 return Ok(false);
             }
         };
-        self.sessions.store(cache_key, revoked, Instant::now());
+        if !revoked {
+            self.sessions.store(cache_key, (), Instant::now());
+        }
         Ok(revoked)
     }
 

@@ -439,7 +439,7 @@ async fn overload(rig: &Rig, load: &Load, callers: &[Caller], gateway: &str) -> 
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let gateway_pid = rig.service("gateway")?.pid();
+    let gateway_pid = rig.service("gateway")?.process.pid();
     let rss_before = peak_rss_mb(gateway_pid)?;
     let injected = Instant::now();
     let rec = burst(2.0 * peak, BURST, &channels, callers).await;

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -19,6 +19,7 @@ use anyhow::{Context, Result, bail};
 use keel_config::Env;
 use keel_faultproxy::FaultProxy;
 use keel_proto::public as pb;
+use keel_tests::own::ServerProcess;
 use keel_tests::{authed, bearer, connect, free_port, own, unique, wait_serving};
 use tonic::transport::{Channel, Endpoint};
 
@@ -54,7 +55,8 @@ pub struct Service {
     env: Vec<(String, String)>,
     grpc: u16,
     pub log: PathBuf,
-    child: Option<Child>,
+    /// Its process while it runs (SIGKILL, SIGSTOP/SIGCONT, pid).
+    pub process: ServerProcess,
 }
 
 impl Service {
@@ -71,20 +73,8 @@ impl Service {
             .stdin(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {}", self.bin.display()))?;
-        self.child = Some(child);
+        self.process.run(child);
         Ok(())
-    }
-
-    /// SIGKILL.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
     }
 
     pub fn url(&self) -> String {
@@ -94,21 +84,8 @@ impl Service {
 
 impl Drop for Service {
     fn drop(&mut self) {
-        self.kill();
+        self.process.kill();
     }
-}
-
-/// Sends `sig` (`-STOP`, `-CONT`) to a process.
-fn signal(pid: Option<u32>, sig: &str) -> Result<()> {
-    let pid = pid.context("the process is not running")?.to_string();
-    let ok = Command::new("kill")
-        .args([sig, &pid])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        bail!("kill {sig} {pid} failed");
-    }
-    Ok(())
 }
 
 /// The port of a `scheme://host:port[/path]` URL.
@@ -271,7 +248,7 @@ impl Rig {
                 }),
                 grpc: ports[name].0,
                 log: dir.join(format!("{name}.log")),
-                child: None,
+                process: ServerProcess::default(),
             })
             .collect();
         for s in &mut services {
@@ -316,7 +293,7 @@ impl Rig {
             "redis" => self.redis.kill(),
             "nats" => self.nats.kill(),
             "postgres" => self.pg.kill(),
-            s => self.service_mut(s)?.kill(),
+            s => self.service_mut(s)?.process.kill(),
         }
         Ok(())
     }
@@ -353,7 +330,7 @@ impl Rig {
             "redis" => self.redis.pause(),
             "nats" => self.nats.pause(),
             "postgres" => self.pg.pause(),
-            s => signal(self.service(s)?.pid(), "-STOP")?,
+            s => self.service(s)?.process.pause(),
         }
         Ok(())
     }
@@ -364,7 +341,7 @@ impl Rig {
             "redis" => self.redis.resume(),
             "nats" => self.nats.resume(),
             "postgres" => self.pg.resume(),
-            s => signal(self.service(s)?.pid(), "-CONT")?,
+            s => self.service(s)?.process.resume(),
         }
         Ok(())
     }
@@ -486,7 +463,7 @@ impl Rig {
     /// Stops the services; on a passing run, removes their logs.
     pub fn finish(&mut self, pass: bool) {
         for s in &mut self.services {
-            s.kill();
+            s.process.kill();
         }
         if pass {
             let _ = std::fs::remove_dir_all(&self.dir);
