@@ -187,12 +187,13 @@ impl Gateway {
         ] {
             cmd.env(key, stack.env.raw(key).unwrap_or_default());
         }
-        cmd.envs(extra_env.iter().map(|(k, v)| (k, v)));
+        // Errors only unless `--env RUST_LOG=...` says otherwise (given last, it wins).
         let child = cmd
             .env("KEEL_GATEWAY_GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
             .env("KEEL_GATEWAY_ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
             .env("KEEL_GATEWAY_HTTP_ADDR", "127.0.0.1:0")
             .env("RUST_LOG", "error")
+            .envs(extra_env.iter().map(|(k, v)| (k, v)))
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("start the gateway {bin}: {e}"));
