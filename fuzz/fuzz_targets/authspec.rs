@@ -4,7 +4,7 @@
 //! the wire and the stored JSON unchanged, and applying it twice plans nothing the second time.
 #![no_main]
 
-use keel_authspec::plan::{Current, CurrentClient, TenantState, plan};
+use keel_authspec::plan::{Current, plan};
 use keel_authspec::{Spec, client, generate, wire};
 use keel_proto::auth as pb;
 use libfuzzer_sys::fuzz_target;
@@ -63,21 +63,7 @@ fuzz_target!(|data: &[u8]| {
     for change in &first {
         let _ = change.to_string();
     }
-    let applied = Current {
-        tenant: Some(TenantState {
-            display_name: spec.display_name.clone(),
-            tier: spec.tier.clone(),
-        }),
-        policy: spec.policy.clone(),
-        clients: spec
-            .clients
-            .iter()
-            .map(|c| CurrentClient {
-                spec: c.clone(),
-                disabled: false,
-            })
-            .collect(),
-    };
+    let applied = Current::applied(&spec);
     let second = plan(&spec, &applied);
     assert!(second.is_empty(), "{second:?}");
     let _ = generate::generate(&spec, "https://auth.keel.test");

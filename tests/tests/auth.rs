@@ -19,6 +19,29 @@ async fn auth_client(
     )
 }
 
+/// A login to acme through the gateway on a fresh connection, with one extra metadata entry
+/// when given (what a client or an ingress says about the source address).
+async fn login_with(
+    url: &str,
+    username: String,
+    password: &str,
+    metadata: Option<(&'static str, String)>,
+) -> Result<tonic::Response<pb::LoginResponse>, tonic::Status> {
+    let mut c = pb::authentication_service_client::AuthenticationServiceClient::new(
+        connect(url).await.unwrap(),
+    );
+    let mut req = tonic::Request::new(pb::LoginRequest {
+        tenant_id: "acme".into(),
+        username,
+        password: password.into(),
+        client_id: "t".into(),
+    });
+    if let Some((key, value)) = metadata {
+        req.metadata_mut().insert(key, value.parse().unwrap());
+    }
+    c.login(req).await
+}
+
 async fn refresh(stack: &TestStack, rt: &str) -> Result<(String, String), tonic::Status> {
     let r = auth_client(stack)
         .await
@@ -643,20 +666,8 @@ async fn failed_logins_are_limited_per_source_address_too() {
     let attempt = |user: String, password: &'static str, spoof: bool| {
         let url = url.clone();
         async move {
-            let mut c = pb::authentication_service_client::AuthenticationServiceClient::new(
-                connect(&url).await.unwrap(),
-            );
-            let mut req = tonic::Request::new(pb::LoginRequest {
-                tenant_id: "acme".into(),
-                username: user,
-                password: password.into(),
-                client_id: "t".into(),
-            });
-            if spoof {
-                req.metadata_mut()
-                    .insert("keel-client-ip", "203.0.113.7".parse().unwrap());
-            }
-            c.login(req).await
+            let claimed = spoof.then(|| ("keel-client-ip", "203.0.113.7".to_owned()));
+            login_with(&url, user, password, claimed).await
         }
     };
     // Guesses spread over many usernames (so no single account locks) from one address, a few
@@ -978,21 +989,15 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_login_budget()
     let login = |forwarded_for: &'static str| {
         let url = url.clone();
         async move {
-            let mut c = pb::authentication_service_client::AuthenticationServiceClient::new(
-                connect(&url).await.unwrap(),
-            );
-            let mut req = tonic::Request::new(pb::LoginRequest {
-                tenant_id: "acme".into(),
-                username: "alice".into(),
-                password: TEST_PASSWORD.into(),
-                client_id: "t".into(),
-            });
             // What the ingress appends; a client's own forged entry sits to its left.
-            req.metadata_mut().insert(
-                "x-forwarded-for",
-                format!("198.51.100.99, {forwarded_for}").parse().unwrap(),
-            );
-            c.login(req).await
+            let chain = format!("198.51.100.99, {forwarded_for}");
+            login_with(
+                &url,
+                "alice".into(),
+                TEST_PASSWORD,
+                Some(("x-forwarded-for", chain)),
+            )
+            .await
         }
     };
     // One client spends its budget (the stack's own setup logged in directly, not through a

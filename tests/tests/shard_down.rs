@@ -10,8 +10,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use keel_proto::public as pb;
@@ -148,12 +148,7 @@ async fn one_shard_down_only_its_tenants_see_errors() {
         }
         per_shard[shard] += 1;
         let token = stack.tenant_token(&name).await.unwrap();
-        tenants.push(Tenant {
-            name,
-            token,
-            shard,
-            acked: Mutex::default(),
-        });
+        tenants.push(Tenant::new(name, token, shard));
     }
     let tenants = Arc::new(tenants);
     let docs = stack.documents().await.unwrap();

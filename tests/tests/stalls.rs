@@ -175,12 +175,8 @@ async fn tenants(stack: &TestStack, prefix: &str, per_shard: usize) -> Arc<Vec<T
             continue;
         }
         counts[shard] += 1;
-        out.push(Tenant {
-            token: stack.tenant_token(&name).await.unwrap(),
-            name,
-            shard,
-            acked: Mutex::default(),
-        });
+        let token = stack.tenant_token(&name).await.unwrap();
+        out.push(Tenant::new(name, token, shard));
     }
     Arc::new(out)
 }

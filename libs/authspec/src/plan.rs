@@ -15,6 +15,27 @@ pub struct Current {
     pub clients: Vec<CurrentClient>,
 }
 
+impl Current {
+    /// The state `spec` leaves once applied: its tenant, policy and clients, none disabled.
+    pub fn applied(spec: &Spec) -> Self {
+        Current {
+            tenant: Some(TenantState {
+                display_name: spec.display_name.clone(),
+                tier: spec.tier.clone(),
+            }),
+            policy: spec.policy.clone(),
+            clients: spec
+                .clients
+                .iter()
+                .map(|c| CurrentClient {
+                    spec: c.clone(),
+                    disabled: false,
+                })
+                .collect(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantState {
     pub display_name: String,
@@ -258,21 +279,7 @@ mod tests {
                 .count(),
             2
         );
-        let applied = Current {
-            tenant: Some(TenantState {
-                display_name: s.display_name.clone(),
-                tier: s.tier.clone(),
-            }),
-            policy: s.policy.clone(),
-            clients: s
-                .clients
-                .iter()
-                .map(|c| CurrentClient {
-                    spec: c.clone(),
-                    disabled: false,
-                })
-                .collect(),
-        };
+        let applied = Current::applied(&s);
         assert_eq!(plan(&s, &applied), vec![]);
     }
 
